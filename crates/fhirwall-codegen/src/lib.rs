@@ -1,0 +1,207 @@
+//! fhirwall-codegen: generates `fhirwall-model`'s tables from the FHIR R4 core package; it must not be a dependency of the server (dev-dependency only).
+//!
+//! [`generate`] reads `hl7.fhir.r4.core-4.0.1.tgz` and returns the files of
+//! `crates/fhirwall-model/src/generated/`; [`stale_files`] and [`write_files`] compare them with,
+//! or write them to, a directory. The output is deterministic and already rustfmt-clean, so no
+//! rustfmt is needed to produce or check it.
+
+mod emit;
+mod model;
+mod package;
+
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// The workspace root, found from this crate's manifest directory.
+pub fn workspace_root() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// Where the core package is expected: `../shared/fhir-r4/hl7.fhir.r4.core-4.0.1.tgz` relative to
+/// the workspace root.
+pub fn default_package_path() -> PathBuf {
+    workspace_root().join("../shared/fhir-r4/hl7.fhir.r4.core-4.0.1.tgz")
+}
+
+/// Where the generated files go: `crates/fhirwall-model/src/generated` in the workspace.
+pub fn default_out_dir() -> PathBuf {
+    workspace_root().join("crates/fhirwall-model/src/generated")
+}
+
+/// Reads the package at `package_path` and returns `(file name, contents)` for every generated
+/// file, file names relative to the output directory, in a fixed order.
+pub fn generate(package_path: &Path) -> Result<Vec<(String, String)>> {
+    let package = package::read_package(package_path)?;
+    let model = model::build(&package)
+        .with_context(|| format!("unexpected content in {}", package_path.display()))?;
+    Ok(vec![
+        (
+            emit::MOD_FILE.to_owned(),
+            emit::mod_rs(&model, &package.name, &package.version),
+        ),
+        (
+            emit::SEARCH_PARAMS_FILE.to_owned(),
+            emit::search_params_rs(&model, &package.name, &package.version),
+        ),
+    ])
+}
+
+/// The files in `out_dir` that differ from `files`: missing or different ones, and `.rs` files
+/// the generator would not write. Empty when the directory is fresh.
+pub fn stale_files(out_dir: &Path, files: &[(String, String)]) -> Result<Vec<String>> {
+    let mut stale = Vec::new();
+    for (name, contents) in files {
+        let path = out_dir.join(name);
+        match fs::read_to_string(&path) {
+            Ok(existing) if existing == *contents => {}
+            Ok(_) => stale.push(format!("{name} (differs)")),
+            Err(error) if error.kind() == ErrorKind::NotFound => {
+                stale.push(format!("{name} (missing)"));
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot read {}", path.display()));
+            }
+        }
+    }
+    match fs::read_dir(out_dir) {
+        Ok(entries) => {
+            let mut extra = Vec::new();
+            for entry in entries {
+                let name = entry?.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".rs") && !files.iter().any(|(known, _)| *known == name) {
+                    extra.push(format!("{name} (not generated)"));
+                }
+            }
+            extra.sort();
+            stale.extend(extra);
+        }
+        Err(error) if error.kind() == ErrorKind::NotFound => {}
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot list {}", out_dir.display()));
+        }
+    }
+    Ok(stale)
+}
+
+/// Writes `files` into `out_dir` (created if needed), leaving files whose contents are already
+/// right untouched. Returns the names of the files written.
+pub fn write_files(out_dir: &Path, files: &[(String, String)]) -> Result<Vec<String>> {
+    fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let mut written = Vec::new();
+    for (name, contents) in files {
+        let path = out_dir.join(name);
+        if fs::read_to_string(&path).is_ok_and(|existing| existing == *contents) {
+            continue;
+        }
+        fs::write(&path, contents).with_context(|| format!("cannot write {}", path.display()))?;
+        written.push(name.clone());
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The model built from the real package, or `None` (test passes) when it is not present.
+    fn real_model() -> Result<Option<model::Model>> {
+        let path = default_package_path();
+        if !path.exists() {
+            println!("{} not found; skipping", path.display());
+            return Ok(None);
+        }
+        Ok(Some(model::build(&package::read_package(&path)?)?))
+    }
+
+    fn find<'a>(model: &'a model::Model, name: &str) -> Result<&'a model::ResourceType> {
+        model
+            .resource_types
+            .iter()
+            .find(|info| info.name == name)
+            .with_context(|| format!("{name} missing"))
+    }
+
+    #[test]
+    fn model_from_the_real_package() -> Result<()> {
+        let Some(model) = real_model()? else {
+            return Ok(());
+        };
+        assert_eq!(model.fhir_version, "4.0.1");
+        assert_eq!(model.resource_types.len(), 146);
+        assert_eq!(model.search_params.len(), 1400);
+        let names: Vec<&str> = model
+            .resource_types
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted);
+        for present in ["Bundle", "Parameters", "Binary", "Patient", "Observation"] {
+            assert!(names.contains(&present), "{present}");
+        }
+        for absent in ["Resource", "DomainResource", "vitalsigns"] {
+            assert!(!names.contains(&absent), "{absent}");
+        }
+
+        let patient = find(&model, "Patient")?;
+        assert!(patient.mandatory_elements.is_empty());
+        for summary in ["id", "meta", "identifier", "name", "birthDate", "deceased"] {
+            assert!(
+                patient.summary_elements.iter().any(|e| e == summary),
+                "{summary}"
+            );
+        }
+        assert_eq!(patient.choice_elements, ["deceased", "multipleBirth"]);
+        assert_eq!(patient.patient_compartment_params, ["link"]);
+        assert_eq!(patient.patient_compartment_paths, ["link.other"]);
+
+        let observation = find(&model, "Observation")?;
+        assert_eq!(observation.mandatory_elements, ["status", "code"]);
+        assert_eq!(
+            observation.patient_compartment_paths,
+            ["subject", "performer"]
+        );
+
+        let audit = find(&model, "AuditEvent")?;
+        assert_eq!(
+            audit.patient_compartment_paths,
+            ["agent.who", "entity.what"]
+        );
+
+        let parameters = find(&model, "Parameters")?;
+        assert!(parameters.patient_compartment_params.is_empty());
+
+        let urls: Vec<&str> = model.search_params.iter().map(|p| p.url.as_str()).collect();
+        let mut sorted_urls = urls.clone();
+        sorted_urls.sort_unstable();
+        sorted_urls.dedup();
+        assert_eq!(urls, sorted_urls);
+        Ok(())
+    }
+
+    #[test]
+    fn generate_is_deterministic() -> Result<()> {
+        let path = default_package_path();
+        if !path.exists() {
+            println!("{} not found; skipping", path.display());
+            return Ok(());
+        }
+        let first = generate(&path)?;
+        let second = generate(&path)?;
+        assert_eq!(first, second);
+        for (name, contents) in &first {
+            assert!(
+                contents.starts_with(
+                    "//! GENERATED by fhirwall-codegen from hl7.fhir.r4.core 4.0.1 (package/"
+                ),
+                "{name}"
+            );
+        }
+        Ok(())
+    }
+}

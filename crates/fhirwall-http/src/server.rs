@@ -1,0 +1,174 @@
+//! The listener: accepts TCP, completes TLS (with a handshake timeout), serves HTTP/1.1 and
+//! HTTP/2 on each connection, and on shutdown stops accepting and lets in-flight requests end.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{any, get, post};
+use http::{HeaderValue, header};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::state::AppState;
+
+/// The correlation id of a request, generated here for every request.
+#[derive(Clone, Debug)]
+pub(crate) struct RequestId(pub String);
+
+/// A bound, not yet serving, HTTPS listener.
+pub struct BoundServer {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    local_addr: SocketAddr,
+}
+
+/// Binds `addr` (port 0 picks a free port) with the given TLS configuration.
+pub async fn bind(
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+) -> std::io::Result<BoundServer> {
+    let listener = TcpListener::bind(addr).await?;
+    let local_addr = listener.local_addr()?;
+    Ok(BoundServer {
+        listener,
+        acceptor: TlsAcceptor::from(tls),
+        local_addr,
+    })
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/fhir", any(crate::fhir::entry_root))
+        .route("/fhir/", any(crate::fhir::entry_root))
+        .route("/fhir/{*rest}", any(crate::fhir::entry))
+        .route("/auth/token", post(crate::auth::token_endpoint))
+        .route("/auth/jwks", get(crate::auth::jwks))
+        .route(
+            "/.well-known/smart-configuration",
+            get(crate::auth::smart_configuration),
+        )
+        .fallback(crate::fhir::not_found)
+        .layer(axum::middleware::from_fn(request_context))
+        .with_state(state)
+}
+
+/// Gives each request its correlation id, sets the headers every answer carries, and logs one
+/// line per request without ePHI: no query string, no body, no token.
+async fn request_context(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let method = request.method().clone();
+    let route = request
+        .uri()
+        .path()
+        .split('/')
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("/");
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert("x-request-id", value);
+    }
+    headers.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    tracing::info!(
+        request_id = %id,
+        method = %method,
+        route = %route,
+        status = response.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    response
+}
+
+impl BoundServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and waits up to `grace` for
+    /// open requests to finish.
+    pub async fn run(self, state: AppState, shutdown: impl Future<Output = ()>, grace: Duration) {
+        let app = router(state);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256);
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                () = &mut shutdown => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(error = %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = self.acceptor.clone();
+            let app = app.clone();
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(error)) => {
+                        tracing::debug!(error = %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let service =
+                    tower::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(ConnectInfo(peer));
+                        app.clone().oneshot(request)
+                    });
+                let connection =
+                    builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+                let _ = watcher.watch(connection).await;
+            });
+        }
+        drop(self.listener);
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections were still open when the grace period ended");
+        }
+    }
+}

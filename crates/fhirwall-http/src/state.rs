@@ -1,0 +1,101 @@
+//! What every handler shares: the store, the envelope, the token issuer, limits and the clock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use fhirwall_auth::{AccessClaims, JwksFetcher, TokenIssuer};
+use fhirwall_crypto::{BlindIndexer, Envelope, MacKey};
+use fhirwall_store::Store;
+
+/// The one door for time, so tests and benchmarks could substitute it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Clock;
+
+impl Clock {
+    /// Microseconds since the Unix epoch, truncated to milliseconds (FHIR instants carry ms).
+    pub fn now_micros(&self) -> i64 {
+        let now = time::OffsetDateTime::now_utc();
+        let micros = now.unix_timestamp_nanos() / 1000;
+        i64::try_from(micros - micros % 1000).unwrap_or(i64::MAX)
+    }
+
+    pub fn now_unix(&self) -> i64 {
+        time::OffsetDateTime::now_utc().unix_timestamp()
+    }
+}
+
+/// Limits on what a request may carry.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_json_depth: usize,
+}
+
+/// Shared state. Cheap to clone (everything is behind `Arc`).
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub store: Arc<dyn Store>,
+    pub envelope: Arc<Envelope>,
+    pub tokens: TokenIssuer,
+    pub fetcher: JwksFetcher,
+    pub base_url: String,
+    pub tenant: String,
+    pub limits: Limits,
+    pub clock: Clock,
+    pub blind: BlindIndexer,
+    /// Verified access tokens by SHA-256 of the token: ECDSA verification is the costliest
+    /// step of a request, so each token is verified once.
+    pub token_cache: Mutex<HashMap<[u8; 32], AccessClaims>>,
+}
+
+impl AppState {
+    /// Builds the state. `base_url` is the public origin (`https://host:port`), without a
+    /// trailing slash.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "wiring the state once at start-up"
+    )]
+    pub fn new(
+        store: Arc<dyn Store>,
+        envelope: Arc<Envelope>,
+        tokens: TokenIssuer,
+        fetcher: JwksFetcher,
+        base_url: String,
+        tenant: String,
+        limits: Limits,
+        clock: Clock,
+    ) -> Option<Self> {
+        let blind = envelope.blind_indexer(&tenant)?;
+        Some(AppState {
+            inner: Arc::new(Inner {
+                store,
+                envelope,
+                tokens,
+                fetcher,
+                base_url,
+                tenant,
+                limits,
+                clock,
+                blind,
+                token_cache: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub(crate) fn fhir_base(&self) -> String {
+        format!("{}/fhir", self.inner.base_url)
+    }
+
+    pub(crate) fn token_url(&self) -> String {
+        format!("{}/auth/token", self.inner.base_url)
+    }
+
+    #[allow(dead_code)]
+    pub(crate) fn chain_key(&self) -> Option<MacKey> {
+        self.inner.envelope.audit_chain_key(&self.inner.tenant)
+    }
+}

@@ -1,0 +1,202 @@
+//! Configuration: defaults, then an optional TOML file, then `FHIRWALL_*` environment variables,
+//! then flags. Unknown TOML keys and unknown `FHIRWALL_*` variables stop start-up by name.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The `serve` flags; each can also come from the environment (clap reads `FHIRWALL_*`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// A TOML configuration file.
+    #[arg(long, env = "FHIRWALL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where data, the development TLS files and (by default) the keyring live.
+    #[arg(long, env = "FHIRWALL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The address to listen on (port 0 picks a free port).
+    #[arg(long, env = "FHIRWALL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// The public origin clients use, e.g. https://fhir.example.org (default: from --listen).
+    #[arg(long, env = "FHIRWALL_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// PEM certificate chain; with --tls-key replaces the development certificate.
+    #[arg(long, env = "FHIRWALL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(long, env = "FHIRWALL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The keyring file of key-encryption keys (default: <data-dir>/keyring.json). Keep it on
+    /// another volume than the data in production.
+    #[arg(long, env = "FHIRWALL_KEYRING")]
+    pub keyring: Option<PathBuf>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "FHIRWALL_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Deepest JSON nesting accepted (at most 120).
+    #[arg(long, env = "FHIRWALL_MAX_JSON_DEPTH")]
+    pub max_json_depth: Option<usize>,
+    /// `text` or `json` log lines on standard error.
+    #[arg(long, env = "FHIRWALL_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// An extra CA certificate (PEM) trusted when fetching clients' jwks_uri.
+    #[arg(long, env = "FHIRWALL_JWKS_CA")]
+    pub jwks_ca: Option<PathBuf>,
+    /// Seconds in-flight requests get to finish on shutdown.
+    #[arg(long, env = "FHIRWALL_SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    public_url: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    keyring: Option<PathBuf>,
+    max_body_bytes: Option<usize>,
+    max_json_depth: Option<usize>,
+    log_format: Option<String>,
+    jwks_ca: Option<PathBuf>,
+    shutdown_grace_secs: Option<u64>,
+}
+
+/// The settled configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub public_url: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub keyring: PathBuf,
+    pub max_body_bytes: usize,
+    pub max_json_depth: usize,
+    pub log_json: bool,
+    pub jwks_ca: Option<PathBuf>,
+    pub shutdown_grace_secs: u64,
+}
+
+const KNOWN_ENV: &[&str] = &[
+    "FHIRWALL_CONFIG",
+    "FHIRWALL_DATA_DIR",
+    "FHIRWALL_LISTEN",
+    "FHIRWALL_PUBLIC_URL",
+    "FHIRWALL_TLS_CERT",
+    "FHIRWALL_TLS_KEY",
+    "FHIRWALL_KEYRING",
+    "FHIRWALL_MAX_BODY_BYTES",
+    "FHIRWALL_MAX_JSON_DEPTH",
+    "FHIRWALL_LOG_FORMAT",
+    "FHIRWALL_JWKS_CA",
+    "FHIRWALL_SHUTDOWN_GRACE_SECS",
+    "FHIRWALL_LOG",
+];
+
+/// Refuses `FHIRWALL_*` variables this version does not know: a typo must not silently fall
+/// back to a default.
+pub fn check_environment() -> anyhow::Result<()> {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("FHIRWALL_") && !KNOWN_ENV.contains(&name.as_ref()) {
+            bail!(
+                "unknown environment variable {name}; known ones are {}",
+                KNOWN_ENV.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading configuration file {}", path.display()))?;
+    toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("configuration file {}: {}", path.display(), e.message()))
+}
+
+impl Settings {
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
+        check_environment()?;
+        let file = match &args.config {
+            Some(path) => read_file_config(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./fhirwall-data"));
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));
+        let keyring = args
+            .keyring
+            .or(file.keyring)
+            .unwrap_or_else(|| data_dir.join("keyring.json"));
+        let max_json_depth = args.max_json_depth.or(file.max_json_depth).unwrap_or(64);
+        if max_json_depth == 0 || max_json_depth > 120 {
+            bail!("max_json_depth must be between 1 and 120");
+        }
+        let max_body_bytes = args
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(16 * 1024 * 1024);
+        if max_body_bytes < 1024 {
+            bail!("max_body_bytes must be at least 1024");
+        }
+        let log_format = args
+            .log_format
+            .or(file.log_format)
+            .unwrap_or_else(|| "text".into());
+        let log_json = match log_format.as_str() {
+            "json" => true,
+            "text" => false,
+            other => bail!("log_format must be text or json, not {other}"),
+        };
+        let tls_cert = args.tls_cert.or(file.tls_cert);
+        let tls_key = args.tls_key.or(file.tls_key);
+        if tls_cert.is_some() != tls_key.is_some() {
+            bail!("tls_cert and tls_key must be given together");
+        }
+        let public_url = args.public_url.or(file.public_url);
+        if let Some(url) = &public_url {
+            if !url.starts_with("https://") || url.ends_with('/') {
+                bail!("public_url must be an https:// origin without a trailing slash");
+            }
+        }
+        Ok(Settings {
+            data_dir,
+            listen,
+            public_url,
+            tls_cert,
+            tls_key,
+            keyring,
+            max_body_bytes,
+            max_json_depth,
+            log_json,
+            jwks_ca: args.jwks_ca.or(file.jwks_ca),
+            shutdown_grace_secs: args
+                .shutdown_grace_secs
+                .or(file.shutdown_grace_secs)
+                .unwrap_or(30),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn unknown_toml_key_is_named() {
+        let err = toml::from_str::<FileConfig>("listen = \"127.0.0.1:1\"\nlisten_adress = 3\n")
+            .unwrap_err();
+        assert!(err.message().contains("listen_adress"), "{}", err.message());
+    }
+}

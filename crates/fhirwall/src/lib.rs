@@ -1,0 +1,329 @@
+//! The `fhirwall` program: wires configuration, keys, the store and the HTTPS server together,
+//! and carries the operator commands (clients, audit verification). No domain logic lives here.
+
+pub mod config;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use fhirwall_crypto::{Envelope, FileKeyring, KeyProvider, WrappedDataKey};
+use fhirwall_store::{ClientRecord, DEFAULT_TENANT, Store, StoredKey};
+use fhirwall_store_sqlite::SqliteStore;
+
+pub use config::{ServeArgs, Settings};
+
+const DATABASE_FILE: &str = "fhirwall.db";
+const PURPOSES: &[&str] = &["data", "audit-chain", "blind-index", "token-signing"];
+
+fn database_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(DATABASE_FILE)
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Opens the store and unwraps its keys; with `create`, makes any key that is missing.
+pub async fn open_secure_store(
+    data_dir: &Path,
+    keyring_path: &Path,
+    create: bool,
+) -> anyhow::Result<(Arc<SqliteStore>, Envelope)> {
+    if !create && !keyring_path.exists() {
+        bail!("no keyring at {}", keyring_path.display());
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let keyring = FileKeyring::open_or_create(keyring_path)?;
+    let provider: Arc<dyn KeyProvider> = Arc::new(keyring);
+    let store = Arc::new(SqliteStore::open(&database_path(data_dir))?);
+    let mut envelope = Envelope::new(provider);
+    for key in store.load_keys().await? {
+        envelope
+            .load(&WrappedDataKey {
+                key_id: key.key_id,
+                purpose: key.purpose,
+                tenant: key.tenant,
+                kek_id: key.kek_id,
+                wrapped: key.wrapped,
+                created_unix: key.created_unix,
+            })
+            .context("a stored data key does not unwrap with this keyring")?;
+    }
+    for purpose in PURPOSES {
+        if envelope.has_key(purpose, DEFAULT_TENANT) {
+            continue;
+        }
+        if !create {
+            bail!("the store has no {purpose} key");
+        }
+        let key = envelope.create_key(purpose, DEFAULT_TENANT, now_unix())?;
+        store
+            .save_key(StoredKey {
+                key_id: key.key_id,
+                purpose: key.purpose,
+                tenant: key.tenant,
+                kek_id: key.kek_id,
+                wrapped: key.wrapped,
+                created_unix: key.created_unix,
+            })
+            .await?;
+    }
+    Ok((store, envelope))
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FHIRWALL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// `fhirwall serve`.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    init_logging(settings.log_json);
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    let lock_path = settings.data_dir.join("fhirwall.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "another fhirwall serves {} already",
+            settings.data_dir.display()
+        );
+    }
+
+    let (store, envelope) = open_secure_store(&settings.data_dir, &settings.keyring, true).await?;
+    let chain_key = envelope
+        .audit_chain_key(DEFAULT_TENANT)
+        .context("the audit chain key is missing")?;
+    store.start_writer(Box::new(move |previous, seq, record_id, sealed| {
+        fhirwall_audit::chain_link(&chain_key, previous, seq, record_id, sealed)
+    }))?;
+
+    let tls_files = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => fhirwall_http::tls::TlsFiles {
+            cert_chain: cert.clone(),
+            private_key: key.clone(),
+            dev_ca: None,
+        },
+        _ => fhirwall_http::tls::ensure_dev_certificate(&settings.data_dir)?,
+    };
+    let tls = fhirwall_http::tls::server_config(&tls_files)?;
+    let server = fhirwall_http::bind(settings.listen, tls)
+        .await
+        .with_context(|| format!("listening on {}", settings.listen))?;
+    let addr = server.local_addr();
+    let base_url = settings.public_url.clone().unwrap_or_else(|| {
+        if addr.ip().is_unspecified() {
+            format!("https://localhost:{}", addr.port())
+        } else if addr.is_ipv6() {
+            format!("https://[{}]:{}", addr.ip(), addr.port())
+        } else {
+            format!("https://{}:{}", addr.ip(), addr.port())
+        }
+    });
+    let signing_key = envelope
+        .token_signing_key(DEFAULT_TENANT)
+        .context("the token signing key is missing")?;
+    let tokens = fhirwall_auth::TokenIssuer::from_pkcs8_der(
+        signing_key.expose(),
+        "fhirwall-token-1".to_string(),
+        base_url.clone(),
+    )?;
+    let extra_ca = match &settings.jwks_ca {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        None => None,
+    };
+    let fetcher = fhirwall_auth::JwksFetcher::new(extra_ca.as_deref())?;
+    let state = fhirwall_http::AppState::new(
+        store.clone(),
+        Arc::new(envelope),
+        tokens,
+        fetcher,
+        base_url.clone(),
+        DEFAULT_TENANT.to_string(),
+        fhirwall_http::Limits {
+            max_body_bytes: settings.max_body_bytes,
+            max_json_depth: settings.max_json_depth,
+        },
+        fhirwall_http::Clock,
+    )
+    .context("the blind-index key is missing")?;
+
+    println!("fhirwall listening on {base_url}/fhir");
+    if let Some(ca) = &tls_files.dev_ca {
+        println!("development CA certificate: {}", ca.display());
+    }
+    tracing::info!(address = %addr, "serving");
+    server
+        .run(
+            state,
+            shutdown_signal(),
+            Duration::from_secs(settings.shutdown_grace_secs),
+        )
+        .await;
+    tracing::info!("stopping: committing what the writer holds");
+    store.shutdown();
+    drop(lock);
+    Ok(())
+}
+
+fn open_admin_store(data_dir: &Path) -> anyhow::Result<SqliteStore> {
+    if !data_dir.exists() {
+        bail!("no data directory at {}", data_dir.display());
+    }
+    Ok(SqliteStore::open(&database_path(data_dir))?)
+}
+
+/// `fhirwall client add`: registers a backend-services client; returns its id.
+pub async fn client_add(
+    data_dir: &Path,
+    name: &str,
+    jwks_file: Option<&Path>,
+    jwks_uri: Option<&str>,
+    scope: &str,
+) -> anyhow::Result<String> {
+    let scopes =
+        fhirwall_auth::ScopeSet::parse(scope).map_err(|e| anyhow::anyhow!("invalid scope: {e}"))?;
+    if scopes.resource_scopes().next().is_none() {
+        bail!("the scope grants no resource access; give scopes such as system/*.rs");
+    }
+    if let Some(bad) = scopes
+        .resource_scopes()
+        .find(|s| s.context() != fhirwall_auth::ScopeContext::System)
+    {
+        bail!(
+            "backend-services clients take system/ scopes only, not {}",
+            bad.as_str()
+        );
+    }
+    let jwks = match (jwks_file, jwks_uri) {
+        (Some(path), None) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            fhirwall_auth::validate_jwks(&text)
+                .map_err(|e| anyhow::anyhow!("invalid JWKS: {e}"))?;
+            Some(text)
+        }
+        (None, Some(uri)) => {
+            if !uri.starts_with("https://") {
+                bail!("jwks_uri must be an https:// URL");
+            }
+            None
+        }
+        _ => bail!("give exactly one of --jwks FILE or --jwks-uri URL"),
+    };
+    if name.trim().is_empty() || name.len() > 200 {
+        bail!("the client name must be 1 to 200 characters");
+    }
+    let store = open_admin_store(data_dir)?;
+    let client_id = uuid::Uuid::new_v4().to_string();
+    store
+        .add_client(ClientRecord {
+            client_id: client_id.clone(),
+            name: name.to_string(),
+            jwks,
+            jwks_uri: jwks_uri.map(str::to_string),
+            scope: scopes.to_string(),
+            created_unix: now_unix(),
+        })
+        .await?;
+    Ok(client_id)
+}
+
+pub async fn client_list(data_dir: &Path) -> anyhow::Result<Vec<ClientRecord>> {
+    Ok(open_admin_store(data_dir)?.list_clients().await?)
+}
+
+pub async fn client_remove(data_dir: &Path, client_id: &str) -> anyhow::Result<bool> {
+    Ok(open_admin_store(data_dir)?.remove_client(client_id).await?)
+}
+
+/// The result of `audit verify`.
+#[derive(Debug)]
+pub enum Verification {
+    Intact { records: u64 },
+    Broken { seq: u64, reason: String },
+}
+
+/// Walks the whole audit trail: every record in sequence, its keyed chain link, and that it
+/// decrypts under its own context into a well-formed record.
+pub async fn audit_verify(data_dir: &Path, keyring: &Path) -> anyhow::Result<Verification> {
+    let (store, envelope) = open_secure_store(data_dir, keyring, false).await?;
+    let key = envelope
+        .audit_chain_key(DEFAULT_TENANT)
+        .context("the audit chain key is missing")?;
+    let mut verifier = fhirwall_audit::ChainVerifier::new(key);
+    let mut after = 0u64;
+    loop {
+        let page = store.audit_scan(after, 1000).await?;
+        if page.is_empty() {
+            break;
+        }
+        for record in &page {
+            if let Err(broken) =
+                verifier.check(record.seq, &record.record_id, &record.sealed, &record.link)
+            {
+                return Ok(Verification::Broken {
+                    seq: record.seq,
+                    reason: broken.to_string(),
+                });
+            }
+            let plain = envelope.open(
+                &fhirwall_crypto::AadContext::Audit {
+                    tenant: &record.tenant,
+                    record_id: &record.record_id,
+                },
+                &record.sealed,
+            );
+            let readable = plain
+                .ok()
+                .and_then(|p| serde_json::from_slice::<fhirwall_audit::AuditRecord>(&p).ok())
+                .is_some_and(|r| r.record_id == record.record_id);
+            if !readable {
+                return Ok(Verification::Broken {
+                    seq: record.seq,
+                    reason: format!(
+                        "record {}: it does not decrypt into a well-formed audit record",
+                        record.seq
+                    ),
+                });
+            }
+            after = record.seq;
+        }
+    }
+    Ok(Verification::Intact {
+        records: verifier.records_checked(),
+    })
+}
