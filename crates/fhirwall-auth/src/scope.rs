@@ -182,6 +182,36 @@ impl Scope {
             .is_none_or(|own| own == resource_type)
     }
 
+    /// The same scope naming only `interactions`, in v2 syntax.
+    fn narrowed(&self, interactions: &[Interaction]) -> Option<Scope> {
+        let letters: String = [
+            (Interaction::Create, 'c'),
+            (Interaction::Read, 'r'),
+            (Interaction::Update, 'u'),
+            (Interaction::Delete, 'd'),
+            (Interaction::Search, 's'),
+        ]
+        .iter()
+        .filter(|(i, _)| interactions.contains(i))
+        .map(|(_, c)| *c)
+        .collect();
+        let prefix = match self.context {
+            ScopeContext::Patient => "patient",
+            ScopeContext::User => "user",
+            ScopeContext::System => "system",
+        };
+        let filter = self
+            .filter
+            .as_deref()
+            .map(|f| format!("?{f}"))
+            .unwrap_or_default();
+        Scope::parse(&format!(
+            "{prefix}/{}.{letters}{filter}",
+            self.resource_type()
+        ))
+        .ok()
+    }
+
     /// Whether `self` (a granted scope) covers `interaction` of `requested`.
     fn covers(&self, requested: &Scope, interaction: Interaction) -> bool {
         let type_ok = match &requested.resource_type {
@@ -333,22 +363,45 @@ impl ScopeSet {
         self.allows(ScopeContext::System, resource_type, interaction)
     }
 
-    /// The requested scopes (`self`) that `granted` fully covers. A resource scope
-    /// is kept only if every interaction it names is covered by some granted scope
-    /// of the same context and a covering type; other scopes need an exact match.
+    /// The requested scopes (`self`) narrowed to what `granted` covers. A resource scope
+    /// that is fully covered is kept as spelled; one that is partly covered is narrowed to
+    /// a v2 scope naming only the covered interactions (`system/*.cruds` requested with
+    /// `system/*.rs` granted gives `system/*.rs`); one not covered at all is dropped.
+    /// Other scopes need an exact match.
     pub fn intersect_granted(&self, granted: &ScopeSet) -> ScopeSet {
-        let entries = self
-            .entries
-            .iter()
-            .filter(|entry| match entry {
-                Entry::Other(name) => granted.other_scopes().any(|g| g == name),
-                Entry::Resource(req) => Interaction::ALL
-                    .iter()
-                    .filter(|i| req.names(**i))
-                    .all(|i| granted.resource_scopes().any(|g| g.covers(req, *i))),
-            })
-            .cloned()
-            .collect();
+        let mut entries: Vec<Entry> = Vec::new();
+        for entry in &self.entries {
+            let kept = match entry {
+                Entry::Other(name) => granted
+                    .other_scopes()
+                    .any(|g| g == name)
+                    .then(|| entry.clone()),
+                Entry::Resource(req) => {
+                    let named: Vec<Interaction> = Interaction::ALL
+                        .iter()
+                        .copied()
+                        .filter(|i| req.names(*i))
+                        .collect();
+                    let covered: Vec<Interaction> = named
+                        .iter()
+                        .copied()
+                        .filter(|i| granted.resource_scopes().any(|g| g.covers(req, *i)))
+                        .collect();
+                    if covered.len() == named.len() {
+                        Some(entry.clone())
+                    } else if covered.is_empty() {
+                        None
+                    } else {
+                        req.narrowed(&covered).map(Entry::Resource)
+                    }
+                }
+            };
+            if let Some(kept) = kept {
+                if !entries.contains(&kept) {
+                    entries.push(kept);
+                }
+            }
+        }
         ScopeSet { entries }
     }
 }

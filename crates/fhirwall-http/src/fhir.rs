@@ -1462,6 +1462,7 @@ async fn write_version(
     build: impl Fn(Option<&Value>) -> Result<Map<String, Value>, ApiError>,
 ) -> Result<Done, Failed> {
     let is_patch = call.method == http::Method::PATCH;
+    let _queue = call.state.lock_resource(resource_type.as_str(), id).await;
     for _ in 0..WRITE_ATTEMPTS {
         let current = call
             .state
@@ -1639,6 +1640,7 @@ async fn delete(
 ) -> Result<Done, Failed> {
     let expected = if_match(call)?;
     let mut known = known;
+    let _queue = call.state.lock_resource(resource_type.as_str(), id).await;
     for _ in 0..WRITE_ATTEMPTS {
         let current = match known.take() {
             Some(row) => Some(row),

@@ -50,9 +50,34 @@ pub(crate) struct Inner {
     /// Verified access tokens by SHA-256 of the token: ECDSA verification is the costliest
     /// step of a request, so each token is verified once.
     pub token_cache: Mutex<HashMap<[u8; 32], AccessClaims>>,
+    /// Writers of the same resource queue here instead of racing each other into optimistic
+    /// retries. The store's version check still guards correctness across processes.
+    pub write_locks: Vec<tokio::sync::Mutex<()>>,
+    pub fallback_lock: tokio::sync::Mutex<()>,
 }
 
+const WRITE_LOCK_STRIPES: usize = 512;
+
 impl AppState {
+    /// The lock stripe of one resource.
+    pub(crate) async fn lock_resource(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> tokio::sync::MutexGuard<'_, ()> {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in resource_type.bytes().chain([b'/']).chain(id.bytes()) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let index = (hash % WRITE_LOCK_STRIPES as u64) as usize;
+        self.inner
+            .write_locks
+            .get(index)
+            .unwrap_or(&self.inner.fallback_lock)
+            .lock()
+            .await
+    }
+
     /// Builds the state. `base_url` is the public origin (`https://host:port`), without a
     /// trailing slash.
     #[expect(
@@ -82,6 +107,10 @@ impl AppState {
                 clock,
                 blind,
                 token_cache: Mutex::new(HashMap::new()),
+                write_locks: (0..WRITE_LOCK_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
+                fallback_lock: tokio::sync::Mutex::new(()),
             }),
         })
     }

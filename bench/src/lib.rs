@@ -1,0 +1,12 @@
+//! Fhirwall's benchmark harness: the closed-loop HTTPS load generator behind the
+//! `fhirwall-bench` binary, its payloads (shared with the criterion benches), and the
+//! hello-world TLS ceiling server.
+
+pub mod auth;
+pub mod client;
+pub mod hello;
+pub mod load;
+pub mod payloads;
+pub mod report;
+pub mod server;
+pub mod stats;

@@ -1,0 +1,206 @@
+//! Crashes, shutdowns, encryption at rest, and start-up configuration errors.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{BIN, Server, patient};
+
+#[tokio::test]
+async fn acknowledged_writes_survive_kill_9() {
+    let mut server = Server::start().await;
+    let c = server.client("system/*.cruds").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let c = c.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let Ok(r) = c
+                    .post("Patient", &patient("Crash", &format!("K-{t}-{i}")))
+                    .send()
+                    .await
+                else {
+                    break;
+                };
+                if r.status() == 201 {
+                    let body: serde_json::Value = match r.json().await {
+                        Ok(b) => b,
+                        Err(_) => break,
+                    };
+                    acknowledged.push(body["id"].as_str().unwrap().to_string());
+                }
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill9();
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for t in tasks {
+        acknowledged.extend(t.await.unwrap());
+    }
+    assert!(
+        acknowledged.len() > 20,
+        "too few writes before the kill: {}",
+        acknowledged.len()
+    );
+    let dir = server.data_dir.clone();
+    let restarted = Server::start_in(&dir, &[]).await;
+    let c2 = restarted.client("system/*.rs").await;
+    for id in &acknowledged {
+        let r = c2.get(&format!("Patient/{id}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "acknowledged write {id} was lost");
+    }
+    drop(restarted);
+    let (ok, out) = server.audit_verify();
+    assert!(ok, "{out}");
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests() {
+    let mut server = Server::start().await;
+    let c = server.client("system/*.cruds").await;
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for i in 0..1000 {
+                match c
+                    .post("Patient", &patient("Term", &format!("T-{t}-{i}")))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 201 => match r.json::<serde_json::Value>().await {
+                        Ok(body) => acknowledged.push(body["id"].as_str().unwrap().to_string()),
+                        Err(_) => break,
+                    },
+                    Ok(r) => panic!("unexpected status {} during shutdown", r.status()),
+                    Err(_) => break,
+                }
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(server.terminate(), "the server exits cleanly on SIGTERM");
+    let mut acknowledged = Vec::new();
+    for t in tasks {
+        acknowledged.extend(t.await.unwrap());
+    }
+    let dir = server.data_dir.clone();
+    let restarted = Server::start_in(&dir, &[]).await;
+    let c2 = restarted.client("system/*.rs").await;
+    for id in &acknowledged {
+        assert_eq!(
+            c2.get(&format!("Patient/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+}
+
+fn files_contain(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                stack.push(entry.unwrap().path());
+            }
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                hits.push(path.display().to_string());
+            }
+        }
+    }
+    hits
+}
+
+#[tokio::test]
+async fn raw_files_hold_no_patient_data() {
+    let mut server = Server::start().await;
+    let c = server.client("system/*.cruds").await;
+    let canaries = [
+        "Zyxwvutsrqpo",
+        "MRN-CANARY-7731",
+        "555-0199-4242",
+        "77 Canarywharf Lane",
+        "Quokkaville",
+    ];
+    let body = json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:oid:2.16.840.1.113883.4.1", "value": canaries[1]}],
+        "name": [{"family": canaries[0], "given": ["Amelia"]}],
+        "telecom": [{"system": "phone", "value": canaries[2]}],
+        "address": [{"line": [canaries[3]], "city": canaries[4]}]
+    });
+    let created = c.create(&body).await;
+    let id = created["id"].as_str().unwrap();
+    // Conditional operations and searches put the identifier in URLs and the audit trail.
+    let r = c
+        .post("Patient", &body)
+        .header("If-None-Exist", format!("identifier={}", canaries[1]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = c
+        .get(&format!("Patient?identifier={}", canaries[1]))
+        .send()
+        .await
+        .unwrap();
+    let mut updated = created.clone();
+    updated["name"][0]["given"] = json!(["Beatrix"]);
+    let _ = c
+        .put(&format!("Patient/{id}"), &updated)
+        .send()
+        .await
+        .unwrap();
+    let _ = c.get(&format!("Patient/{id}")).send().await.unwrap();
+    for canary in canaries {
+        let hits = files_contain(&server.data_dir, canary.as_bytes());
+        assert!(hits.is_empty(), "{canary} found in {hits:?} while serving");
+    }
+    assert!(server.terminate());
+    for canary in canaries {
+        let hits = files_contain(&server.data_dir, canary.as_bytes());
+        assert!(hits.is_empty(), "{canary} found in {hits:?} after shutdown");
+    }
+}
+
+#[test]
+fn configuration_mistakes_stop_start_up_by_name() {
+    let dir = crate::support::fresh_dir();
+    let config = dir.join("fhirwall.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nmax_body_byts = 10\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(&dir)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_body_byts"));
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(&dir)
+        .env("FHIRWALL_LISTN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FHIRWALL_LISTN"));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,256 @@
+//! Bad input: each class gets a 4xx OperationOutcome and changes nothing.
+
+use reqwest::StatusCode;
+use reqwest::header::CONTENT_TYPE;
+use serde_json::{Value, json};
+
+use crate::support::{Client, Server, json, patient};
+
+async fn post_raw(
+    c: &Client,
+    path: &str,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> (StatusCode, Value) {
+    let r = c
+        .http
+        .post(c.fhir(path))
+        .bearer_auth(&c.token)
+        .header(CONTENT_TYPE, content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body = r.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+fn code_of(outcome: &Value) -> String {
+    assert_eq!(outcome["resourceType"], "OperationOutcome", "{outcome}");
+    assert!(
+        outcome["extension"][0]["valueString"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
+    outcome["issue"][0]["details"]["coding"][0]["code"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn stored_versions(c: &Client) -> usize {
+    let h = json(c.get("_history?_count=1000").send().await.unwrap()).await;
+    h["entry"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn every_class_of_bad_input_is_refused_and_changes_nothing() {
+    let dir = crate::support::fresh_dir();
+    let server = Server::start_in(
+        &dir,
+        &["--max-body-bytes", "65536", "--max-json-depth", "20"],
+    )
+    .await;
+    let c = server.client("system/*.cruds").await;
+    let fhir = "application/fhir+json";
+    let cases: Vec<(&str, &str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "Patient",
+            fhir,
+            b"{\"resourceType\": \"Patient\",".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid-json",
+        ),
+        (
+            "Patient",
+            fhir,
+            b"not json".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid-json",
+        ),
+        (
+            "Patient",
+            fhir,
+            br#"{"resourceType":"Patient","gender":"male","gender":"female"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "duplicate-key",
+        ),
+        (
+            "Patient",
+            fhir,
+            format!(
+                "{{\"resourceType\":\"Patient\",\"extension\":{}1{}}}",
+                "[".repeat(40),
+                "]".repeat(40)
+            )
+            .into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "too-deep",
+        ),
+        (
+            "Patient",
+            fhir,
+            br#"{"resourceType":"Observation","status":"final"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "resource-type-mismatch",
+        ),
+        (
+            "Patient",
+            fhir,
+            br#"{"gender":"male"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "missing-resource-type",
+        ),
+        (
+            "Patient",
+            fhir,
+            br#"[{"resourceType":"Patient"}]"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "not-a-resource",
+        ),
+        (
+            "Patient",
+            fhir,
+            br#"{"resourceType":"Patient","id":"bad id!"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid-id",
+        ),
+        (
+            "Patient",
+            fhir,
+            b"".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "empty-body",
+        ),
+        (
+            "Patient",
+            "text/plain",
+            br#"{"resourceType":"Patient"}"#.to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+        ),
+        (
+            "Patient",
+            "application/fhir+xml",
+            b"<Patient/>".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+        ),
+        (
+            "Patient",
+            fhir,
+            format!(
+                "{{\"resourceType\":\"Patient\",\"x\":\"{}\"}}",
+                "a".repeat(70_000)
+            )
+            .into_bytes(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+        ),
+        (
+            "Patient",
+            fhir,
+            b"{\"resourceType\":\"Patient\",\"name\":[{\"family\":\"\xff\xfe\"}]}".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid-json",
+        ),
+        (
+            "NotAType",
+            fhir,
+            br#"{"resourceType":"NotAType"}"#.to_vec(),
+            StatusCode::NOT_FOUND,
+            "unknown-resource-type",
+        ),
+    ];
+    for (path, content_type, body, status, code) in cases {
+        let (got, outcome) = post_raw(&c, path, content_type, body).await;
+        assert_eq!(got, status, "{code}: {outcome}");
+        assert_eq!(code_of(&outcome), code);
+    }
+    assert_eq!(stored_versions(&c).await, 0, "nothing was stored");
+
+    // Update-specific refusals.
+    let created = c.create(&patient("Valid", "MRN-V")).await;
+    let id = created["id"].as_str().unwrap();
+    let mut wrong_id = created.clone();
+    wrong_id["id"] = json!("another");
+    let r = c
+        .put(&format!("Patient/{id}"), &wrong_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(code_of(&json(r).await), "id-mismatch");
+    let mut no_id = created.clone();
+    no_id.as_object_mut().unwrap().remove("id");
+    let r = c
+        .put(&format!("Patient/{id}"), &no_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c.put("Patient/bad$id", &created).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .get(&format!("Patient/{}", "a".repeat(65)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .put(&format!("Patient/{id}"), &created)
+        .header("If-Match", "garbage")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // A patch with the wrong content type or a malformed document.
+    let r = c
+        .http
+        .patch(c.fhir(&format!("Patient/{id}")))
+        .bearer_auth(&c.token)
+        .header(CONTENT_TYPE, "application/fhir+json")
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let r = c
+        .http
+        .patch(c.fhir(&format!("Patient/{id}")))
+        .bearer_auth(&c.token)
+        .header(CONTENT_TYPE, "application/json-patch+json")
+        .body(r#"[{"op":"frobnicate","path":"/x"}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Unsupported interactions and addresses answer with an OperationOutcome too.
+    let r = c
+        .http
+        .post(c.fhir(""))
+        .bearer_auth(&c.token)
+        .header(CONTENT_TYPE, fhir)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error());
+    assert_eq!(json(r).await["resourceType"], "OperationOutcome");
+    let r = c
+        .http
+        .get(format!("{}/nowhere", server.origin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(json(r).await["resourceType"], "OperationOutcome");
+    let r = c.get("Patient?name=x").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(code_of(&json(r).await), "unknown-search-parameter");
+    // One version from the one valid create: nothing else changed.
+    assert_eq!(stored_versions(&c).await, 1);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
