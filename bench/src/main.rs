@@ -14,9 +14,7 @@ use fhirwall_bench::client::{Target, read_pem_certs};
 use fhirwall_bench::hello::HelloServer;
 use fhirwall_bench::load::{Op, PhaseResult, Until, Workload, run_phase};
 use fhirwall_bench::payloads::{Observations, Patients, size_range};
-use fhirwall_bench::report::{
-    filesystem_of, machine_header, mib, table_header, table_row,
-};
+use fhirwall_bench::report::{filesystem_of, machine_header, mib, table_header, table_row};
 use fhirwall_bench::server::{ServerProcess, dir_size, tail};
 use fhirwall_bench::stats::Summary;
 
@@ -336,11 +334,7 @@ fn print_errors(label: &str, summary: &Summary) {
     }
 }
 
-async fn measure(
-    work: Workload,
-    connections: usize,
-    load: &LoadArgs,
-) -> Result<PhaseResult> {
+async fn measure(work: Workload, connections: usize, load: &LoadArgs) -> Result<PhaseResult> {
     run_phase(
         Arc::new(work),
         connections,
@@ -374,8 +368,14 @@ async fn ceiling_rows(
             seq.clone(),
         )?;
         let result = measure(work, connections, load).await?;
-        println!("{}", table_row(&Op::Hello.name(), connections, &result.summary));
-        errors.push((format!("{} x{connections}", Op::Hello.name()), result.summary));
+        println!(
+            "{}",
+            table_row(&Op::Hello.name(), connections, &result.summary)
+        );
+        errors.push((
+            format!("{} x{connections}", Op::Hello.name()),
+            result.summary,
+        ));
     }
     drop(hello);
     Ok(())
@@ -388,7 +388,9 @@ async fn cmd_run(args: RunArgs) -> Result<()> {
         .map(|op| Op::parse(op))
         .collect::<Result<Vec<_>>>()?;
     if ops.contains(&Op::Hello) {
-        bail!("the ceiling is added by default (or use the hello subcommand); --ops takes server ops");
+        bail!(
+            "the ceiling is added by default (or use the hello subcommand); --ops takes server ops"
+        );
     }
     for line in machine_header() {
         println!("{line}");
@@ -405,7 +407,14 @@ async fn cmd_run(args: RunArgs) -> Result<()> {
     let mut session = Session::start(&args.server, &work_dir).await?;
     let seq = Arc::new(AtomicU64::new(0));
     let pool = if ops.iter().any(Op::needs_pool) {
-        create_pool(&session, &patients, &observations, &seq, args.pool_size.max(1)).await?
+        create_pool(
+            &session,
+            &patients,
+            &observations,
+            &seq,
+            args.pool_size.max(1),
+        )
+        .await?
     } else {
         Arc::new(Vec::new())
     };
@@ -438,7 +447,9 @@ async fn cmd_run(args: RunArgs) -> Result<()> {
         ceiling_rows(&args.load, &patients, &observations, &seq, &mut summaries).await?;
     }
     println!();
-    println!("p50/p99/p99.9/max: latency of successful requests, from sending to the last body byte;");
+    println!(
+        "p50/p99/p99.9/max: latency of successful requests, from sending to the last body byte;"
+    );
     println!("worst 1s: successful requests in the slowest whole second of the measured window.");
     for (label, summary) in &summaries {
         print_errors(label, summary);
@@ -534,7 +545,10 @@ async fn cmd_fill(args: FillArgs) -> Result<()> {
                 let done = work.completed.load(Ordering::Relaxed);
                 let failed = work.failed.load(Ordering::Relaxed);
                 let rate = (done - last.1.min(done)) as f64
-                    / now.saturating_duration_since(last.0).as_secs_f64().max(1e-9);
+                    / now
+                        .saturating_duration_since(last.0)
+                        .as_secs_f64()
+                        .max(1e-9);
                 let rss = fhirwall_bench::server::process_memory_kib(pid)
                     .map(|(rss, _)| mib(rss * 1024))
                     .unwrap_or_else(|_| "?".into());
@@ -573,7 +587,10 @@ async fn cmd_fill(args: FillArgs) -> Result<()> {
     );
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (rss_idle, _) = session.server.memory_kib()?;
-    println!("server memory after 5 s idle: VmRSS {}", mib(rss_idle * 1024));
+    println!(
+        "server memory after 5 s idle: VmRSS {}",
+        mib(rss_idle * 1024)
+    );
     let (apparent, allocated) = dir_size(&session.server.data_dir)?;
     let total = seq.load(Ordering::Relaxed).max(1);
     println!(

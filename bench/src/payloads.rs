@@ -185,8 +185,7 @@ fn coding(system: &str, code: &str, display: &str) -> Value {
 
 fn identifier_type(code: &str, display: &str) -> Value {
     json!({
-        "coding": [coding("http://terminology.hl7.org/CodeSystem/v2-0203", code, display)],
-        "text": display
+        "coding": [coding("http://terminology.hl7.org/CodeSystem/v2-0203", code, display)]
     })
 }
 
@@ -203,7 +202,6 @@ fn patient_variant(variant: u64) -> Value {
     let family = pick(FAMILY, variant, 3);
     let maiden = pick(FAMILY, variant, 4);
     let street = pick(STREETS, variant, 5);
-    let old_street = pick(STREETS, variant, 6);
     let (city, county, state, zip) = PLACES
         .get(usize::try_from(mix(variant ^ 7) % PLACES.len() as u64).unwrap_or(0))
         .copied()
@@ -325,15 +323,6 @@ fn patient_variant(variant: u64) -> Value {
                 "postalCode": zip,
                 "country": "US",
                 "period": { "start": "2016-04-01" }
-            },
-            {
-                "use": "old",
-                "line": [format!("{} {old_street}", house + 101)],
-                "city": city,
-                "state": state,
-                "postalCode": zip,
-                "country": "US",
-                "period": { "start": "2008-01-15", "end": "2016-03-31" }
             }
         ],
         "maritalStatus": {

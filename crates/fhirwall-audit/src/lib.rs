@@ -104,11 +104,18 @@ impl AuditRecord {
             "requestor": true,
         });
         if let Some(client_id) = &self.client_id {
-            client["who"] =
-                json!({"identifier": {"system": "urn:fhirwall:client", "value": client_id}});
+            put(
+                &mut client,
+                "who",
+                json!({"identifier": {"system": "urn:fhirwall:client", "value": client_id}}),
+            );
         }
         if let Some(address) = &self.source_address {
-            client["network"] = json!({"address": address, "type": "2"});
+            put(
+                &mut client,
+                "network",
+                json!({"address": address, "type": "2"}),
+            );
         }
         let mut agents = vec![client];
         if let Some(user) = &self.user {
@@ -166,7 +173,7 @@ impl AuditRecord {
             "entity": entities,
         });
         if let Some(code) = &self.outcome_code {
-            event["outcomeDesc"] = Value::String(code.clone());
+            put(&mut event, "outcomeDesc", Value::String(code.clone()));
         }
         event
     }
@@ -267,9 +274,16 @@ impl ChainVerifier {
     }
 }
 
+/// Sets `key` on a JSON object (a no-op on anything else).
+fn put(value: &mut Value, key: &str, new: Value) {
+    if let Some(map) = value.as_object_mut() {
+        map.insert(key.to_string(), new);
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     fn key() -> MacKey {

@@ -396,10 +396,10 @@ impl ScopeSet {
                     }
                 }
             };
-            if let Some(kept) = kept {
-                if !entries.contains(&kept) {
-                    entries.push(kept);
-                }
+            if let Some(kept) = kept
+                && !entries.contains(&kept)
+            {
+                entries.push(kept);
             }
         }
         ScopeSet { entries }
@@ -640,12 +640,13 @@ mod tests {
     }
 
     #[test]
-    fn intersect_requires_every_interaction() {
+    fn intersect_narrows_to_covered_interactions() {
         let granted = set("system/Patient.r");
-        assert!(
+        assert_eq!(
             set("system/Patient.rs")
                 .intersect_granted(&granted)
-                .is_empty()
+                .to_string(),
+            "system/Patient.r"
         );
         assert_eq!(
             set("system/Patient.r")
@@ -681,6 +682,8 @@ mod tests {
             "system/Observation.rs system/Patient.cud system/Patient.read system/Patient.*"
         );
         let got = set("system/Observation.*").intersect_granted(&granted);
+        assert_eq!(got.to_string(), "system/Observation.rs");
+        let got = set("system/Observation.cud").intersect_granted(&granted);
         assert!(got.is_empty());
         let got = set("system/Observation.read").intersect_granted(&set("system/*.rs"));
         assert_eq!(got.to_string(), "system/Observation.read");

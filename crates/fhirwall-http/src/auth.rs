@@ -417,12 +417,11 @@ pub(crate) async fn authenticate(
 
 fn verify_cached(state: &AppState, token: &str, now: i64) -> Result<AccessClaims, &'static str> {
     let key = fhirwall_crypto::sha256(token.as_bytes());
-    if let Ok(cache) = state.inner.token_cache.lock() {
-        if let Some(claims) = cache.get(&key) {
-            if claims.exp > now {
-                return Ok(claims.clone());
-            }
-        }
+    if let Ok(cache) = state.inner.token_cache.lock()
+        && let Some(claims) = cache.get(&key)
+        && claims.exp > now
+    {
+        return Ok(claims.clone());
     }
     let claims = state
         .inner

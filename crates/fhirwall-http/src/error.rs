@@ -83,10 +83,10 @@ impl ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static(crate::negotiate::FHIR_JSON),
         );
-        if let Some(challenge) = self.www_authenticate {
-            if let Ok(value) = HeaderValue::from_str(&challenge) {
-                headers.insert(header::WWW_AUTHENTICATE, value);
-            }
+        if let Some(challenge) = self.www_authenticate
+            && let Ok(value) = HeaderValue::from_str(&challenge)
+        {
+            headers.insert(header::WWW_AUTHENTICATE, value);
         }
         response
     }

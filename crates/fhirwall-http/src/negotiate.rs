@@ -134,7 +134,7 @@ pub(crate) fn return_preference(headers: &HeaderMap) -> ReturnPreference {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     fn headers(name: &'static str, value: &'static str) -> HeaderMap {

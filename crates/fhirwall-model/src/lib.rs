@@ -47,12 +47,12 @@ fn collect_patient_refs(node: &serde_json::Value, path: &str, out: &mut Vec<Stri
         }
         serde_json::Value::Object(map) => {
             if path.is_empty() {
-                if let Some(serde_json::Value::String(reference)) = map.get("reference") {
-                    if let Some(rest) = reference.strip_prefix("Patient/") {
-                        let id = rest.split('/').next().unwrap_or_default();
-                        if ResourceId::parse(id).is_ok() {
-                            out.push(format!("Patient/{id}"));
-                        }
+                if let Some(serde_json::Value::String(reference)) = map.get("reference")
+                    && let Some(rest) = reference.strip_prefix("Patient/")
+                {
+                    let id = rest.split('/').next().unwrap_or_default();
+                    if ResourceId::parse(id).is_ok() {
+                        out.push(format!("Patient/{id}"));
                     }
                 }
                 return;

@@ -126,12 +126,19 @@ impl OperationOutcome {
             "diagnostics": format!("correlation id {correlation_id}"),
         });
         if let Some(expression) = &self.expression {
-            issue["expression"] = json!([expression]);
+            put(&mut issue, "expression", json!([expression]));
         }
         json!({
             "resourceType": "OperationOutcome",
             "extension": [{"url": CORRELATION_ID_EXTENSION, "valueString": correlation_id}],
             "issue": [issue],
         })
+    }
+}
+
+/// Sets `key` on a JSON object (a no-op on anything else).
+fn put(value: &mut Value, key: &str, new: Value) {
+    if let Some(map) = value.as_object_mut() {
+        map.insert(key.to_string(), new);
     }
 }

@@ -45,27 +45,27 @@ pub fn apply_json_patch(target: &Value, patch: &Value) -> Result<Value, PatchErr
                 .ok_or_else(|| bad("'from' is missing or not a JSON pointer"))
         };
         match name {
-            "add" => add(&mut doc, &path, value()?).map_err(|r| bad(r))?,
+            "add" => add(&mut doc, &path, value()?).map_err(&bad)?,
             "remove" => {
-                remove(&mut doc, &path).map_err(|r| bad(r))?;
+                remove(&mut doc, &path).map_err(&bad)?;
             }
             "replace" => {
-                remove(&mut doc, &path).map_err(|r| bad(r))?;
-                add(&mut doc, &path, value()?).map_err(|r| bad(r))?;
+                remove(&mut doc, &path).map_err(&bad)?;
+                add(&mut doc, &path, value()?).map_err(&bad)?;
             }
             "move" => {
                 let from = from()?;
                 if path.len() > from.len() && path.starts_with(&from) {
                     return Err(bad("cannot move a value into itself"));
                 }
-                let moved = remove(&mut doc, &from).map_err(|r| bad(r))?;
-                add(&mut doc, &path, moved).map_err(|r| bad(r))?;
+                let moved = remove(&mut doc, &from).map_err(&bad)?;
+                add(&mut doc, &path, moved).map_err(&bad)?;
             }
             "copy" => {
                 let copied = get(&doc, &from()?)
                     .cloned()
                     .ok_or_else(|| bad("'from' names nothing"))?;
-                add(&mut doc, &path, copied).map_err(|r| bad(r))?;
+                add(&mut doc, &path, copied).map_err(&bad)?;
             }
             "test" => {
                 let expected = value()?;
@@ -176,7 +176,7 @@ fn remove(doc: &mut Value, path: &[String]) -> Result<Value, &'static str> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
     use serde_json::json;
 

@@ -129,7 +129,7 @@ pub fn apply_elements(resource: Value, info: &ResourceTypeInfo, elements: &[Stri
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     #[test]

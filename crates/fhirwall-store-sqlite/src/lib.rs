@@ -123,10 +123,10 @@ impl SqliteStore {
             None => open_connection(&self.path, true)?,
         };
         let result = f(&conn).map_err(backend);
-        if let Ok(mut pool) = self.readers.lock() {
-            if pool.len() < 16 {
-                pool.push(conn);
-            }
+        if let Ok(mut pool) = self.readers.lock()
+            && pool.len() < 16
+        {
+            pool.push(conn);
         }
         result
     }

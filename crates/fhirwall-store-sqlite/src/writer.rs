@@ -119,7 +119,7 @@ fn run(
             }
         }
         commits += 1;
-        if commits % 4096 == 0 {
+        if commits.is_multiple_of(4096) {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)

@@ -164,10 +164,10 @@ impl Settings {
             bail!("tls_cert and tls_key must be given together");
         }
         let public_url = args.public_url.or(file.public_url);
-        if let Some(url) = &public_url {
-            if !url.starts_with("https://") || url.ends_with('/') {
-                bail!("public_url must be an https:// origin without a trailing slash");
-            }
+        if let Some(url) = &public_url
+            && (!url.starts_with("https://") || url.ends_with('/'))
+        {
+            bail!("public_url must be an https:// origin without a trailing slash");
         }
         Ok(Settings {
             data_dir,
@@ -190,7 +190,7 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     #[test]
