@@ -1,12 +1,7 @@
-//! The CapabilityStatement, generated from what this server really implements, and the
-//! read-only AuditEvent API over the audit trail.
+//! The CapabilityStatement, generated from what this server really implements.
 
-use fhirwall_model::IssueType;
-use http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::audit_trail::{self, AuditDetail};
-use crate::error::ApiError;
 use crate::state::AppState;
 
 fn has_identifier_param(type_name: &str) -> bool {
@@ -85,110 +80,4 @@ pub(crate) fn capability_statement(state: &AppState) -> Value {
             "interaction": [{"code": "history-system"}],
         }],
     })
-}
-
-/// GET AuditEvent (newest first, paged) and GET AuditEvent/[seq]. Writing is refused: the
-/// trail is written by the server only.
-pub(crate) async fn audit_event_api(
-    state: &AppState,
-    params: &[(String, String)],
-    path: &crate::fhir::AuditPath,
-) -> Result<super::fhir::DoneAlias, super::fhir::FailedAlias> {
-    if path.writes || path.history {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            IssueType::NotSupported,
-            "audit-read-only",
-            "AuditEvent resources are written by the server only; they can be read and searched.",
-        )
-        .into());
-    }
-    let pretty = params.iter().any(|(k, v)| k == "_pretty" && v == "true");
-    if let Some(id) = &path.id {
-        let seq: u64 = id
-            .parse()
-            .map_err(|_| ApiError::not_found("No AuditEvent with this id."))?;
-        let stored = state
-            .inner
-            .store
-            .audit_get(seq)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::not_found("No AuditEvent with this id."))?;
-        let record = audit_trail::open(state, &stored)?;
-        let event = record.to_audit_event(&seq.to_string());
-        return Ok(super::fhir::done(
-            crate::fhir::fhir_json(StatusCode::OK, &event, pretty),
-            AuditDetail {
-                entities: vec![format!("AuditEvent/{seq}")],
-                ..AuditDetail::default()
-            },
-        ));
-    }
-    let mut count = 50usize;
-    let mut before = None;
-    for (name, value) in params {
-        match name.as_str() {
-            "_count" => {
-                count = value
-                    .parse::<usize>()
-                    .map_err(|_| {
-                        ApiError::bad_request(
-                            "invalid-count",
-                            "_count must be a non-negative integer.",
-                        )
-                    })?
-                    .min(1000);
-            }
-            "_cursor" => {
-                before = Some(value.parse::<u64>().map_err(|_| {
-                    ApiError::bad_request("invalid-cursor", "The paging cursor is not valid.")
-                })?);
-            }
-            "_format" | "_pretty" => {}
-            _ => {
-                return Err(ApiError::bad_request(
-                    "unknown-search-parameter",
-                    "AuditEvent is searched by _count and the paging cursor only.",
-                )
-                .into());
-            }
-        }
-    }
-    let rows = state
-        .inner
-        .store
-        .audit_page(before, count + 1)
-        .await
-        .map_err(ApiError::from)?;
-    let base = state.fhir_base();
-    let mut entries = Vec::new();
-    let mut links = vec![
-        json!({"relation": "self", "url": format!("{base}/AuditEvent?_count={count}{}", before.map(|b| format!("&_cursor={b}")).unwrap_or_default())}),
-    ];
-    for (index, stored) in rows.iter().enumerate() {
-        if index == count {
-            if let Some(prev) = rows.get(count - 1) {
-                links.push(json!({"relation": "next", "url": format!("{base}/AuditEvent?_count={count}&_cursor={}", prev.seq)}));
-            }
-            break;
-        }
-        let record = audit_trail::open(state, stored)?;
-        entries.push(json!({
-            "fullUrl": format!("{base}/AuditEvent/{}", stored.seq),
-            "resource": record.to_audit_event(&stored.seq.to_string()),
-            "search": {"mode": "match"},
-        }));
-    }
-    let bundle = json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "type": "searchset",
-        "link": links,
-        "entry": entries,
-    });
-    Ok(super::fhir::done(
-        crate::fhir::fhir_json(StatusCode::OK, &bundle, pretty),
-        AuditDetail::default(),
-    ))
 }

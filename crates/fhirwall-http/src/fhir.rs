@@ -155,9 +155,6 @@ pub(crate) struct Done {
     audit: Option<AuditDetail>,
 }
 
-pub(crate) type DoneAlias = Done;
-pub(crate) type FailedAlias = Failed;
-
 pub(crate) fn done(response: Response, audit: AuditDetail) -> Done {
     Done {
         response,
@@ -384,7 +381,7 @@ async fn serve(mut call: Call, segs: &[&str], body: Body) -> Result<Response, Ap
             Err(e) => Err(Failed::from(e)),
             Ok(()) => {
                 if interaction.resource_type().map(ResourceType::as_str) == Some("AuditEvent") {
-                    crate::capability::audit_event_api(
+                    crate::audit_api::audit_event_api(
                         &call.state,
                         &call.params,
                         &interaction_parts(&interaction),

@@ -3,6 +3,7 @@
 //! It must not touch SQL or raw key material: it seals and opens through `fhirwall-crypto`
 //! and stores through the `fhirwall-store` interface.
 
+mod audit_api;
 mod audit_trail;
 mod auth;
 mod capability;

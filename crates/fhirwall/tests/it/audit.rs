@@ -92,6 +92,70 @@ async fn accesses_become_audit_events_readable_only_with_scope() {
         .unwrap();
     assert!(text_of(forbidden).contains("403"));
 
+    // Search by patient, entity, agent, action and date.
+    let by_patient = json(
+        auditor
+            .get(&format!("AuditEvent?patient={id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let hits = by_patient["entry"].as_array().unwrap();
+    assert!(
+        hits.len() >= 3,
+        "create, read and the Observation create concern the patient"
+    );
+    assert!(
+        hits.iter()
+            .all(|e| text_of(&e["resource"]).contains(&format!("Patient/{id}")))
+    );
+    let by_entity = json(
+        auditor
+            .get(&format!("AuditEvent?entity=Patient/{id}&action=R"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(by_entity["entry"].as_array().unwrap().len(), 1);
+    let by_agent = json(
+        auditor
+            .get(&format!("AuditEvent?agent={}&subtype=create", c.client_id))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(by_agent["entry"].as_array().unwrap().len(), 2);
+    let none = json(
+        auditor
+            .get("AuditEvent?date=lt2000-01-01")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(none["entry"].as_array().unwrap().is_empty());
+    let paged = json(auditor.get("AuditEvent?_count=2").send().await.unwrap()).await;
+    assert_eq!(paged["entry"].as_array().unwrap().len(), 2);
+    assert!(
+        paged["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["relation"] == "next")
+    );
+    assert_eq!(
+        auditor
+            .get("AuditEvent?bogus=1")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+
     // Read one by id; writing is refused.
     let one_id = bundle["entry"][0]["resource"]["id"].as_str().unwrap();
     let one = json(

@@ -360,3 +360,127 @@ async fn client_commands_work_while_serving() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// A one-route HTTPS server that serves a JWKS and counts its fetches.
+struct JwksHost {
+    url: String,
+    ca_path: std::path::PathBuf,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn serve_jwks(dir: &std::path::Path, jwks: String) -> JwksHost {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let ca_path = dir.join("jwks-ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counter = fetches.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let counter = counter.clone();
+            let jwks = jwks.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let _ = tls.read(&mut buf).await;
+                counter.fetch_add(1, Ordering::SeqCst);
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: max-age=600\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{jwks}",
+                    jwks.len()
+                );
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    JwksHost {
+        url: format!("https://127.0.0.1:{port}/jwks.json"),
+        ca_path,
+        fetches,
+    }
+}
+
+#[tokio::test]
+async fn keys_are_fetched_from_jwks_uri_and_cached() {
+    use std::sync::atomic::Ordering;
+    let dir = crate::support::fresh_dir();
+    let key = TestClientKey::generate_rs384("remote-key").unwrap();
+    let host = serve_jwks(&dir, key.jwks_json()).await;
+    let ca = host.ca_path.display().to_string();
+    let server = Server::start_in(&dir, &["--jwks-ca", &ca]).await;
+    let out = std::process::Command::new(BIN)
+        .args(["client", "add", "--data-dir"])
+        .arg(&dir)
+        .args([
+            "--name",
+            "remote",
+            "--jwks-uri",
+            &host.url,
+            "--scope",
+            "system/Patient.rs",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    for round in 0..3 {
+        let assertion = key
+            .sign_assertion(
+                &id,
+                &server.token_url(),
+                now_unix(),
+                &format!("remote-{round}"),
+            )
+            .unwrap();
+        let r = server.token_response(&assertion, None).await;
+        assert_eq!(r.status(), 200, "round {round}");
+    }
+    assert_eq!(
+        host.fetches.load(Ordering::SeqCst),
+        1,
+        "the JWKS is cached within max-age"
+    );
+    // A key the JWKS does not hold is refused.
+    let stranger = TestClientKey::generate_rs384("other-key").unwrap();
+    let assertion = stranger
+        .sign_assertion(&id, &server.token_url(), now_unix(), "stranger")
+        .unwrap();
+    assert_eq!(server.token_response(&assertion, None).await.status(), 401);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}

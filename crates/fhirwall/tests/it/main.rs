@@ -9,3 +9,4 @@ mod auth;
 mod durability;
 mod input;
 mod rest;
+mod tls;
