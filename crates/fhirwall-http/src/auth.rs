@@ -376,12 +376,17 @@ pub(crate) async fn authenticate(
         scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
     });
     let now = state.inner.clock.now_unix();
-    let result = match token {
+    let mut result = match token {
         None => Err(("missing-token", None)),
         Some(token) => {
             verify_cached(state, token, now).map_err(|code| (code, Some("invalid_token")))
         }
     };
+    if let Ok(claims) = &result
+        && !client_still_registered(state, &claims.client_id, now).await?
+    {
+        result = Err(("client-removed", Some("invalid_token")));
+    }
     match result {
         Ok(claims) => Ok(claims),
         Err((code, error)) => {
@@ -413,6 +418,35 @@ pub(crate) async fn authenticate(
             Err(err)
         }
     }
+}
+
+/// Whether the token's client is still registered, checked at most every few seconds per
+/// client, so `fhirwall client remove` cuts off tokens already issued within that time.
+async fn client_still_registered(
+    state: &AppState,
+    client_id: &str,
+    now: i64,
+) -> Result<bool, ApiError> {
+    const RECHECK_SECS: i64 = 5;
+    if let Ok(seen) = state.inner.client_seen.lock()
+        && seen
+            .get(client_id)
+            .is_some_and(|at| now - at < RECHECK_SECS)
+    {
+        return Ok(true);
+    }
+    let registered = state.inner.store.get_client(client_id).await?.is_some();
+    if let Ok(mut seen) = state.inner.client_seen.lock() {
+        if registered {
+            if seen.len() >= 100_000 {
+                seen.clear();
+            }
+            seen.insert(client_id.to_string(), now);
+        } else {
+            seen.remove(client_id);
+        }
+    }
+    Ok(registered)
 }
 
 fn verify_cached(state: &AppState, token: &str, now: i64) -> Result<AccessClaims, &'static str> {

@@ -50,6 +50,8 @@ pub(crate) struct Inner {
     /// Verified access tokens by SHA-256 of the token: ECDSA verification is the costliest
     /// step of a request, so each token is verified once.
     pub token_cache: Mutex<HashMap<[u8; 32], AccessClaims>>,
+    /// When each client was last seen registered (unix seconds).
+    pub client_seen: Mutex<HashMap<String, i64>>,
     /// Writers of the same resource queue here instead of racing each other into optimistic
     /// retries. The store's version check still guards correctness across processes.
     pub write_locks: Vec<tokio::sync::Mutex<()>>,
@@ -107,6 +109,7 @@ impl AppState {
                 clock,
                 blind,
                 token_cache: Mutex::new(HashMap::new()),
+                client_seen: Mutex::new(HashMap::new()),
                 write_locks: (0..WRITE_LOCK_STRIPES)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),

@@ -319,6 +319,24 @@ async fn client_commands_work_while_serving() {
     let server = Server::start().await;
     let key = TestClientKey::generate_es384("k").unwrap();
     let id = server.register(&key, "system/*.rs");
+    let assertion = key
+        .sign_assertion(&id, &server.token_url(), now_unix(), "before-removal")
+        .unwrap();
+    let token: Value = json(server.token_response(&assertion, None).await).await;
+    let token = token["access_token"].as_str().unwrap().to_string();
+    let read = |token: String| {
+        let http = server.http.clone();
+        let url = server.url("/fhir/Patient");
+        async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(read(token.clone()).await, 200);
     let out = std::process::Command::new(BIN)
         .args(["client", "list", "--data-dir"])
         .arg(&server.data_dir)
@@ -336,6 +354,9 @@ async fn client_commands_work_while_serving() {
         .sign_assertion(&id, &server.token_url(), now_unix(), "after-removal")
         .unwrap();
     assert_eq!(server.token_response(&assertion, None).await.status(), 401);
+    // Tokens issued before the removal stop working within seconds.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert_eq!(read(token).await, 401);
     // Registration refuses private keys and non-system scopes.
     let bad = server.data_dir.join("bad.json");
     std::fs::write(&bad, r#"{"keys":[{"kty":"oct","kid":"x","k":"c2VjcmV0"}]}"#).unwrap();
