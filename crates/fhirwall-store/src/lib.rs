@@ -2,6 +2,8 @@
 //! Backends receive only sealed bytes and blind-index terms: nothing here ever sees plaintext
 //! ePHI, and nothing here knows SQL.
 
+pub mod conformance;
+
 use std::future::Future;
 use std::pin::Pin;
 
