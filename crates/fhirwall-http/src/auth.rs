@@ -95,9 +95,11 @@ fn failure(
     }
 }
 
+/// RFC 6749 section 5.2: 400 unless the client authenticated with the Authorization header,
+/// which backend-services clients never do (they use a client assertion).
 fn invalid_client(audit_code: &'static str) -> TokenFailure {
     failure(
-        StatusCode::UNAUTHORIZED,
+        StatusCode::BAD_REQUEST,
         "invalid_client",
         "The client assertion was not accepted.",
         audit_code,
@@ -228,7 +230,7 @@ async fn issue_token(
     }
     if assertion_type.as_deref() != Some(ASSERTION_TYPE) {
         return Err(failure(
-            StatusCode::UNAUTHORIZED,
+            StatusCode::BAD_REQUEST,
             "invalid_client",
             "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
             "bad-assertion-type",

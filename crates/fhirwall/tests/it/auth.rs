@@ -98,7 +98,7 @@ async fn token_endpoint_accepts_es384_and_rs384_and_refuses_bad_assertions() {
     let assertion = es.sign_assertion(&es_id, &url, now, &jti).unwrap();
     assert_eq!(server.token_response(&assertion, None).await.status(), 200);
     let r = server.token_response(&assertion, None).await;
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(json(r).await["error"], "invalid_client");
 
     let claims = |exp: i64, aud: &str| json!({"iss": es_id, "sub": es_id, "aud": aud, "exp": exp, "iat": now, "jti": fresh()});
@@ -116,7 +116,7 @@ async fn token_endpoint_accepts_es384_and_rs384_and_refuses_bad_assertions() {
     ];
     for (what, assertion) in refused {
         let r = server.token_response(&assertion, None).await;
-        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{what}");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{what}");
         assert_eq!(json(r).await["error"], "invalid_client", "{what}");
     }
     // Another client's key cannot sign for this client.
@@ -127,7 +127,7 @@ async fn token_endpoint_accepts_es384_and_rs384_and_refuses_bad_assertions() {
             None,
         )
         .await;
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
     // Grant type and scope errors.
     let r = server
@@ -140,6 +140,29 @@ async fn token_endpoint_accepts_es384_and_rs384_and_refuses_bad_assertions() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(json(r).await["error"], "unsupported_grant_type");
+    let r = server
+        .http
+        .post(server.token_url())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=client_credentials&client_assertion_type=not_an_assertion_type&client_assertion={}",
+            es.sign_assertion(&es_id, &url, now, &fresh()).unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(json(r).await["error"], "invalid_client");
+    let r = server
+        .http
+        .post(server.token_url())
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(json(r).await["error"], "invalid_request");
     let r = server
         .token_response(
             &es.sign_assertion(&es_id, &url, now, &fresh()).unwrap(),
@@ -353,7 +376,7 @@ async fn client_commands_work_while_serving() {
     let assertion = key
         .sign_assertion(&id, &server.token_url(), now_unix(), "after-removal")
         .unwrap();
-    assert_eq!(server.token_response(&assertion, None).await.status(), 401);
+    assert_eq!(server.token_response(&assertion, None).await.status(), 400);
     // Tokens issued before the removal stop working within seconds.
     tokio::time::sleep(std::time::Duration::from_secs(6)).await;
     assert_eq!(read(token).await, 401);
@@ -501,7 +524,7 @@ async fn keys_are_fetched_from_jwks_uri_and_cached() {
     let assertion = stranger
         .sign_assertion(&id, &server.token_url(), now_unix(), "stranger")
         .unwrap();
-    assert_eq!(server.token_response(&assertion, None).await.status(), 401);
+    assert_eq!(server.token_response(&assertion, None).await.status(), 400);
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
