@@ -189,6 +189,22 @@ impl Envelope {
         Ok(key)
     }
 
+    /// The same data key wrapped under the provider's active KEK (for KEK rotation).
+    pub fn rewrap(&self, key: &WrappedDataKey) -> Result<WrappedDataKey, CryptoError> {
+        let plain = self
+            .provider
+            .unwrap(&key.kek_id, &key.wrapped, &key.wrap_context())?;
+        let kek_id = self.provider.active_kek_id();
+        let wrapped = self
+            .provider
+            .wrap(&kek_id, plain.expose(), &key.wrap_context())?;
+        Ok(WrappedDataKey {
+            kek_id,
+            wrapped,
+            ..key.clone()
+        })
+    }
+
     /// Encrypts `plaintext` under the tenant's active data key:
     /// `[version][key id length][key id][nonce][ciphertext and tag]`.
     pub fn seal(&self, context: &AadContext<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {

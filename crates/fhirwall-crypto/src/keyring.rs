@@ -115,6 +115,32 @@ impl FileKeyring {
     }
 }
 
+impl FileKeyring {
+    /// Adds a fresh KEK to the keyring file and makes it the active one; returns its id. Old
+    /// KEKs stay in the file so keys they wrapped still unwrap until they are re-wrapped.
+    pub fn add_active_kek(path: &Path) -> Result<String, CryptoError> {
+        let err = |reason: String| CryptoError::Keyring {
+            path: path.display().to_string(),
+            reason,
+        };
+        // Opening first applies every check (permissions, format).
+        FileKeyring::open_or_create(path)?;
+        let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let mut file: KeyringFile =
+            serde_json::from_slice(&text).map_err(|e| err(format!("not a keyring: {e}")))?;
+        let mut key = vec![0u8; 32];
+        fill_random(&mut key)?;
+        let id = format!("kek-{}", crate::random_hex_128()?);
+        file.keks.insert(id.clone(), B64.encode(&key));
+        zeroize::Zeroize::zeroize(&mut key);
+        file.active = id.clone();
+        let text = serde_json::to_vec_pretty(&file).map_err(|e| err(e.to_string()))?;
+        let _ = std::fs::remove_file(path.with_extension("tmp"));
+        write_private_file(path, &text).map_err(|e| err(e.to_string()))?;
+        Ok(id)
+    }
+}
+
 fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;

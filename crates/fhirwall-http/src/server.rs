@@ -104,6 +104,22 @@ async fn request_context(mut request: Request, next: Next) -> Response {
     response
 }
 
+/// Counts a request as in flight until it is dropped.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn enter(counter: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 impl BoundServer {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -123,6 +139,7 @@ impl BoundServer {
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(256);
+        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -142,6 +159,7 @@ impl BoundServer {
             let app = app.clone();
             let builder = builder.clone();
             let watcher = graceful.watcher();
+            let in_flight = in_flight.clone();
             tokio::spawn(async move {
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                     .await
@@ -156,7 +174,13 @@ impl BoundServer {
                 let service =
                     tower::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
                         request.extensions_mut().insert(ConnectInfo(peer));
-                        app.clone().oneshot(request)
+                        let guard = InFlight::enter(&in_flight);
+                        let response = app.clone().oneshot(request);
+                        async move {
+                            let response = response.await;
+                            drop(guard);
+                            response
+                        }
                     });
                 let connection =
                     builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
@@ -164,11 +188,24 @@ impl BoundServer {
             });
         }
         drop(self.listener);
-        if tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some connections were still open when the grace period ended");
+        // Connections end when their requests are answered; an idle HTTP/2 client that never
+        // closes must not hold the process, so stop once nothing is in flight and the last
+        // answers have had a moment to be written.
+        let drained = async {
+            while in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let finished = tokio::time::timeout(grace, async {
+            tokio::select! {
+                () = graceful.shutdown() => {}
+                () = drained => {}
+            }
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!("requests were still running when the grace period ended");
         }
     }
 }

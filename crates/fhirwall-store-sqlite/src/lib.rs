@@ -398,6 +398,17 @@ impl Store for SqliteStore {
         Box::pin(async move { result })
     }
 
+    fn rewrap_key(&self, key: StoredKey) -> StoreFuture<'_, bool> {
+        let result = self.with_admin(|conn| {
+            conn.execute(
+                "UPDATE wrapped_keys SET kek_id = ?2, wrapped = ?3 WHERE key_id = ?1",
+                params![key.key_id, key.kek_id, key.wrapped],
+            )
+            .map(|n| n == 1)
+        });
+        Box::pin(async move { result })
+    }
+
     fn add_client(&self, client: ClientRecord) -> StoreFuture<'_, ()> {
         let result = self.with_admin(|conn| {
             conn.execute(

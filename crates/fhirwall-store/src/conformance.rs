@@ -267,6 +267,17 @@ pub async fn run(store: &dyn Store) {
         .await
         .expect("save key");
     assert_eq!(store.load_keys().await.expect("keys").len(), 1);
+    let rewrapped = StoredKey {
+        key_id: "k1".into(),
+        purpose: "data".into(),
+        tenant: "t".into(),
+        kek_id: "kek2".into(),
+        wrapped: vec![7; 44],
+        created_unix: 1,
+    };
+    assert!(store.rewrap_key(rewrapped).await.expect("rewrap"));
+    let keys = store.load_keys().await.expect("keys");
+    assert_eq!(keys.first().map(|k| k.kek_id.as_str()), Some("kek2"));
     let client = ClientRecord {
         client_id: "c1".into(),
         name: "n".into(),

@@ -220,6 +220,8 @@ pub trait Store: Send + Sync + 'static {
 
     fn load_keys(&self) -> StoreFuture<'_, Vec<StoredKey>>;
     fn save_key(&self, key: StoredKey) -> StoreFuture<'_, ()>;
+    /// Replaces the wrapping of an existing key (KEK rotation); its id and order stay.
+    fn rewrap_key(&self, key: StoredKey) -> StoreFuture<'_, bool>;
 
     fn add_client(&self, client: ClientRecord) -> StoreFuture<'_, ()>;
     fn get_client<'a>(&'a self, client_id: &'a str) -> StoreFuture<'a, Option<ClientRecord>>;

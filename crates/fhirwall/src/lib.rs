@@ -199,6 +199,90 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Holds the data directory for one process that writes it (a server or a key rotation).
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let lock_path = data_dir.join("fhirwall.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "a fhirwall server is using {}; stop it first",
+            data_dir.display()
+        );
+    }
+    Ok(lock)
+}
+
+/// What `keys rotate` did.
+#[derive(Debug)]
+pub struct Rotation {
+    pub new_kek: String,
+    pub rewrapped: usize,
+    pub new_data_key: String,
+}
+
+/// `fhirwall keys rotate`: a new KEK becomes active and every stored key is re-wrapped under
+/// it; a new data key becomes the tenant's active one for new writes. Old data keys stay, so
+/// everything written before still decrypts (each ciphertext names its key). Runs with the
+/// server stopped; the new data key is used from the next start.
+pub async fn rotate_keys(data_dir: &Path, keyring: &Path) -> anyhow::Result<Rotation> {
+    if !keyring.exists() {
+        bail!("no keyring at {}", keyring.display());
+    }
+    let lock = lock_data_dir(data_dir)?;
+    let new_kek = FileKeyring::add_active_kek(keyring)?;
+    let (store, mut envelope) = open_secure_store(data_dir, keyring, false).await?;
+    let mut rewrapped = 0;
+    for key in store.load_keys().await? {
+        if key.kek_id == new_kek {
+            continue;
+        }
+        let wrapped = envelope.rewrap(&WrappedDataKey {
+            key_id: key.key_id,
+            purpose: key.purpose,
+            tenant: key.tenant,
+            kek_id: key.kek_id,
+            wrapped: key.wrapped,
+            created_unix: key.created_unix,
+        })?;
+        if store
+            .rewrap_key(StoredKey {
+                key_id: wrapped.key_id,
+                purpose: wrapped.purpose,
+                tenant: wrapped.tenant,
+                kek_id: wrapped.kek_id,
+                wrapped: wrapped.wrapped,
+                created_unix: wrapped.created_unix,
+            })
+            .await?
+        {
+            rewrapped += 1;
+        }
+    }
+    let data_key = envelope.create_key("data", DEFAULT_TENANT, now_unix())?;
+    let new_data_key = data_key.key_id.clone();
+    store
+        .save_key(StoredKey {
+            key_id: data_key.key_id,
+            purpose: data_key.purpose,
+            tenant: data_key.tenant,
+            kek_id: data_key.kek_id,
+            wrapped: data_key.wrapped,
+            created_unix: data_key.created_unix,
+        })
+        .await?;
+    drop(lock);
+    Ok(Rotation {
+        new_kek,
+        rewrapped,
+        new_data_key,
+    })
+}
+
 fn open_admin_store(data_dir: &Path) -> anyhow::Result<SqliteStore> {
     if !data_dir.exists() {
         bail!("no data directory at {}", data_dir.display());

@@ -26,6 +26,12 @@ enum Command {
         #[command(subcommand)]
         command: ClientCommand,
     },
+    /// Rotate keys: a new key-encryption key re-wraps every stored key, and a new data key
+    /// encrypts new writes. Run with the server stopped.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Check the audit trail.
     Audit {
         #[command(subcommand)]
@@ -65,6 +71,18 @@ enum ClientCommand {
         #[arg(long, env = "FHIRWALL_DATA_DIR", default_value = "./fhirwall-data")]
         data_dir: PathBuf,
         client_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Rotate the KEK and the tenant data key.
+    Rotate {
+        #[arg(long, env = "FHIRWALL_DATA_DIR", default_value = "./fhirwall-data")]
+        data_dir: PathBuf,
+        /// The keyring (default: <data-dir>/keyring.json).
+        #[arg(long, env = "FHIRWALL_KEYRING")]
+        keyring: Option<PathBuf>,
     },
 }
 
@@ -152,6 +170,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         },
+        Command::Keys {
+            command: KeysCommand::Rotate { data_dir, keyring },
+        } => {
+            let keyring = keyring.unwrap_or_else(|| data_dir.join("keyring.json"));
+            let rotation = fhirwall::rotate_keys(&data_dir, &keyring).await?;
+            println!(
+                "new key-encryption key {}; {} stored keys re-wrapped; new data key {}",
+                rotation.new_kek, rotation.rewrapped, rotation.new_data_key
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit {
             command: AuditCommand::Verify { data_dir, keyring },
         } => {

@@ -204,3 +204,70 @@ fn configuration_mistakes_stop_start_up_by_name() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("FHIRWALL_LISTN"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+fn key_id_of(dir: &std::path::Path, id: &str) -> String {
+    let conn = rusqlite::Connection::open(dir.join("fhirwall.db")).unwrap();
+    let body: Vec<u8> = conn
+        .query_row(
+            "SELECT body FROM resource_versions WHERE id = ?1 AND version = 1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let len = body[1] as usize;
+    String::from_utf8(body[2..2 + len].to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn key_rotation_keeps_old_data_readable_and_encrypts_new_data_under_new_keys() {
+    let mut server = Server::start().await;
+    let c = server.client("system/*.cruds").await;
+    let before = c.create(&patient("Rotate", "MRN-ROT1")).await;
+    let before_id = before["id"].as_str().unwrap().to_string();
+    let rotate = |dir: &std::path::Path| {
+        std::process::Command::new(BIN)
+            .args(["keys", "rotate", "--data-dir"])
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    assert!(
+        !rotate(&server.data_dir).status.success(),
+        "rotation refuses to run beside a live server"
+    );
+    assert!(server.terminate());
+    let out = rotate(&server.data_dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keyring: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(server.data_dir.join("keyring.json")).unwrap())
+            .unwrap();
+    assert_eq!(keyring["keks"].as_object().unwrap().len(), 2);
+
+    let dir = server.data_dir.clone();
+    let restarted = Server::start_in(&dir, &[]).await;
+    let c2 = restarted.client("system/*.cruds").await;
+    let read = c2
+        .get(&format!("Patient/{before_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    assert_eq!(json_body(read).await["name"][0]["family"], "Rotate");
+    let after = c2.create(&patient("Rotated", "MRN-ROT2")).await;
+    assert_ne!(
+        key_id_of(&dir, &before_id),
+        key_id_of(&dir, after["id"].as_str().unwrap()),
+        "new writes use the new data key"
+    );
+    drop(restarted);
+    let (ok, out) = server.audit_verify();
+    assert!(ok, "{out}");
+}
+
+async fn json_body(r: reqwest::Response) -> serde_json::Value {
+    r.json().await.unwrap()
+}
