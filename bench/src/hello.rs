@@ -107,6 +107,8 @@ impl HelloServer {
 async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
+            // Out of descriptors or similar: back off instead of spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         };
         let _ = tcp.set_nodelay(true);

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod cpu;
 pub mod hello;
 pub mod load;
 pub mod payloads;

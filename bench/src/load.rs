@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::auth::TokenCell;
 use crate::client::{Conn, Reply, Target, fhir_json, request};
+use crate::cpu::{CpuMeter, CpuUse};
 use crate::payloads::{Observations, Patients};
 use crate::stats::{Recorder, Summary, summarize};
 
@@ -152,7 +153,7 @@ impl Workload {
             Op::CreatePatient => self.create("/fhir/Patient", self.patients.body(seq)),
             Op::CreateObservation => self.create_observation(seq),
             Op::Mixed(n) => {
-                if seq % (n + 1) == 0 {
+                if seq.is_multiple_of(n + 1) {
                     self.create("/fhir/Patient", self.patients.body(seq))
                 } else {
                     self.create_observation(seq)
@@ -198,6 +199,8 @@ pub struct PhaseResult {
     pub ids: Vec<String>,
     /// From the start of measurement to the last answer.
     pub elapsed: Duration,
+    /// CPU use over the measured window, when a meter was given.
+    pub cpu: Option<CpuUse>,
 }
 
 /// The id in `https://host/fhir/Type/ID/_history/1`.
@@ -226,6 +229,9 @@ fn describe_error(error: &anyhow::Error) -> String {
     }
     short
 }
+
+/// How long a task keeps trying to reconnect before it stops.
+const RECONNECT_GIVE_UP: Duration = Duration::from_secs(30);
 
 struct TaskPlan {
     measure_start: Instant,
@@ -282,9 +288,18 @@ async fn run_task(work: Arc<Workload>, mut conn: Conn, plan: TaskPlan) -> (Recor
             Err(e) => {
                 recorder.error(sent, describe_error(&e));
                 work.failed.fetch_add(1, Ordering::Relaxed);
-                // The connection may be gone: open another, unless the phase is over.
+                // The connection may be gone: open another, unless the phase is over or the
+                // server has been unreachable for longer than RECONNECT_GIVE_UP.
+                let give_up = Instant::now() + RECONNECT_GIVE_UP;
                 loop {
                     if plan.deadline.is_some_and(|d| Instant::now() >= d) {
+                        return (recorder, ids);
+                    }
+                    if Instant::now() >= give_up {
+                        recorder.error(
+                            Instant::now(),
+                            "gave up: the server was unreachable for 30 s".into(),
+                        );
                         return (recorder, ids);
                     }
                     match work.target.connect().await {
@@ -307,12 +322,14 @@ async fn run_task(work: Arc<Workload>, mut conn: Conn, plan: TaskPlan) -> (Recor
     (recorder, ids)
 }
 
-/// Opens `connections` connections, then runs the phase on them.
+/// Opens `connections` connections, then runs the phase on them; with a `meter`, also measures
+/// CPU use over the measured window.
 pub async fn run_phase(
     work: Arc<Workload>,
     connections: usize,
     until: Until,
     collect_ids: bool,
+    meter: Option<CpuMeter>,
 ) -> Result<PhaseResult> {
     let mut opening = JoinSet::new();
     for _ in 0..connections.max(1) {
@@ -334,6 +351,20 @@ pub async fn run_phase(
         ),
         Until::Count(n) => (begin, None, Some(n), None),
     };
+    let sampler = meter.map(|meter| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(measure_start)).await;
+            let start = meter.sample().ok();
+            let end = match deadline {
+                Some(deadline) => {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
+                    meter.sample().ok()
+                }
+                None => None,
+            };
+            (meter, start, end)
+        })
+    });
     let issued = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
     for conn in conns {
@@ -354,11 +385,26 @@ pub async fn run_phase(
         ids.append(&mut task_ids);
     }
     let elapsed = Instant::now().saturating_duration_since(measure_start);
+    let cpu = match sampler {
+        Some(sampler) => {
+            let (meter, start, end) = sampler.await.context("the CPU sampler panicked")?;
+            let end = match end {
+                Some(end) => Some(end),
+                None => meter.sample().ok(),
+            };
+            match (start, end) {
+                (Some(start), Some(end)) => Some(meter.between(&start, &end)),
+                _ => None,
+            }
+        }
+        None => None,
+    };
     let summary = summarize(recorders, window.unwrap_or(elapsed));
     Ok(PhaseResult {
         summary,
         ids,
         elapsed,
+        cpu,
     })
 }
 

@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use fhirwall_bench::auth::{Credentials, SCOPE, TokenCell, generate_key, spawn_refresher};
 use fhirwall_bench::client::{Target, read_pem_certs};
+use fhirwall_bench::cpu::CpuMeter;
 use fhirwall_bench::hello::HelloServer;
 use fhirwall_bench::load::{Op, PhaseResult, Until, Workload, run_phase};
 use fhirwall_bench::payloads::{Observations, Patients, size_range};
@@ -197,6 +198,24 @@ fn server_version(bin: &Path) -> String {
         .unwrap_or_else(|| "unknown version".into())
 }
 
+/// Prints the machine header and the load already on the machine.
+fn print_header() {
+    for line in machine_header() {
+        println!("{line}");
+    }
+    match fhirwall_bench::cpu::background_cores(Duration::from_secs(2)) {
+        Ok(busy) => {
+            let warning = if busy > 0.2 {
+                "  WARNING: other work is running; figures will be low and noisy"
+            } else {
+                ""
+            };
+            println!("before:   {busy:.2} cores busy over 2 s before the start{warning}");
+        }
+        Err(e) => println!("before:   background load unknown: {e:#}"),
+    }
+}
+
 fn print_payload_sizes(patients: &Patients, observations: &Observations) {
     let (p_min, p_max) = size_range(Patients::VARIANTS, |seq| patients.body(seq));
     let (o_min, o_max) = size_range(60, |seq| {
@@ -224,7 +243,19 @@ impl Session {
         let fs = filesystem_of(&work.path)
             .map(|(mount, fstype)| format!("{fstype} at {mount}"))
             .unwrap_or_else(|| "unknown file system".into());
-        println!("server:   {} ({})", bin.display(), server_version(&bin));
+        let built = std::fs::metadata(&bin)
+            .and_then(|m| m.modified())
+            .map(|t| {
+                time::OffsetDateTime::from(t)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        println!(
+            "server:   {} ({}, built {built})",
+            bin.display(),
+            server_version(&bin)
+        );
         println!("data dir: {} ({fs})", data_dir.display());
         let server = ServerProcess::start(
             &bin,
@@ -271,21 +302,25 @@ impl Session {
         Ok(())
     }
 
-    /// Stops the server and prints how it went, its token renewals and what it logged.
-    fn finish(mut self) -> Result<()> {
+    /// Stops the server; returns lines saying how it went, its token renewals and what it
+    /// logged.
+    fn finish(mut self) -> Result<Vec<String>> {
         self.refresher.abort();
-        println!("token renewals during the run: {}", self.token.refreshes());
+        let mut lines = vec![format!(
+            "token renewals during the run: {}",
+            self.token.refreshes()
+        )];
         let how = self.server.stop(Duration::from_secs(30))?;
-        println!("server stop: {how}");
+        lines.push(format!("server stop: {how}"));
         let log = self.server.stderr_text();
-        let lines = log.lines().count();
-        if lines == 0 {
-            println!("server stderr: empty");
+        let count = log.lines().count();
+        if count == 0 {
+            lines.push("server stderr: empty".into());
         } else {
-            println!("server stderr: {lines} lines; the last ones:");
-            println!("{}", tail(&log, 15));
+            lines.push(format!("server stderr: {count} lines; the last ones:"));
+            lines.push(tail(&log, 15));
         }
-        Ok(())
+        Ok(lines)
     }
 }
 
@@ -306,7 +341,7 @@ async fn create_pool(
         Arc::new(Vec::new()),
         seq.clone(),
     )?);
-    let result = run_phase(work, 64, Until::Count(count), true).await?;
+    let result = run_phase(work, 64, Until::Count(count), true, None).await?;
     println!(
         "pool:     {} patients created in {:.1} s ({:.0}/s, {} errors)",
         result.ids.len(),
@@ -334,7 +369,12 @@ fn print_errors(label: &str, summary: &Summary) {
     }
 }
 
-async fn measure(work: Workload, connections: usize, load: &LoadArgs) -> Result<PhaseResult> {
+async fn measure(
+    work: Workload,
+    connections: usize,
+    load: &LoadArgs,
+    meter: CpuMeter,
+) -> Result<PhaseResult> {
     run_phase(
         Arc::new(work),
         connections,
@@ -343,6 +383,7 @@ async fn measure(work: Workload, connections: usize, load: &LoadArgs) -> Result<
             measure: Duration::from_secs(load.duration_secs.max(1)),
         },
         false,
+        Some(meter),
     )
     .await
 }
@@ -367,10 +408,15 @@ async fn ceiling_rows(
             Arc::new(Vec::new()),
             seq.clone(),
         )?;
-        let result = measure(work, connections, load).await?;
+        let result = measure(work, connections, load, CpuMeter::new(None)).await?;
         println!(
             "{}",
-            table_row(&Op::Hello.name(), connections, &result.summary)
+            table_row(
+                &Op::Hello.name(),
+                connections,
+                &result.summary,
+                result.cpu.as_ref()
+            )
         );
         errors.push((
             format!("{} x{connections}", Op::Hello.name()),
@@ -392,9 +438,7 @@ async fn cmd_run(args: RunArgs) -> Result<()> {
             "the ceiling is added by default (or use the hello subcommand); --ops takes server ops"
         );
     }
-    for line in machine_header() {
-        println!("{line}");
-    }
+    print_header();
     let patients = Arc::new(Patients::new()?);
     let observations = Arc::new(Observations::new()?);
     print_payload_sizes(&patients, &observations);
@@ -434,23 +478,31 @@ async fn cmd_run(args: RunArgs) -> Result<()> {
                 pool.clone(),
                 seq.clone(),
             )?;
-            let result = measure(work, connections, &args.load).await?;
-            println!("{}", table_row(&op.name(), connections, &result.summary));
+            let meter = CpuMeter::new(session.server.pid());
+            let result = measure(work, connections, &args.load, meter).await?;
+            println!(
+                "{}",
+                table_row(
+                    &op.name(),
+                    connections,
+                    &result.summary,
+                    result.cpu.as_ref()
+                )
+            );
             summaries.push((format!("{} x{connections}", op.name()), result.summary));
         }
     }
     session.check_alive()?;
     let memory = session.server.memory_kib().ok();
     let data_size = dir_size(&session.server.data_dir).ok();
+    let bodies_sent = seq.load(Ordering::Relaxed);
+    // The server stops before the ceiling rows so that nothing else competes for the cores.
+    let finish_lines = session.finish()?;
     if !args.no_ceiling {
-        // The idle server keeps its memory but uses no CPU while the ceiling runs.
         ceiling_rows(&args.load, &patients, &observations, &seq, &mut summaries).await?;
     }
     println!();
-    println!(
-        "p50/p99/p99.9/max: latency of successful requests, from sending to the last body byte;"
-    );
-    println!("worst 1s: successful requests in the slowest whole second of the measured window.");
+    print_legend();
     for (label, summary) in &summaries {
         print_errors(label, summary);
     }
@@ -463,21 +515,35 @@ async fn cmd_run(args: RunArgs) -> Result<()> {
     }
     if let Some((apparent, allocated)) = data_size {
         println!(
-            "data dir after the rows: {} apparent, {} allocated, {} bodies sent",
+            "data dir after the rows: {} apparent, {} allocated, after {} requests to the server",
             mib(apparent),
             mib(allocated),
-            seq.load(Ordering::Relaxed)
+            bodies_sent
         );
     }
-    session.finish()?;
+    for line in finish_lines {
+        println!("{line}");
+    }
     drop(work_dir);
     Ok(())
 }
 
-async fn cmd_hello(args: HelloArgs) -> Result<()> {
-    for line in machine_header() {
+fn print_legend() {
+    for line in [
+        "requests, req/s: successful requests (201 for creates, 200 for reads) in the measured window;",
+        "p50/p99/p99.9/max: their latency from sending to the last body byte;",
+        "worst 1s: successful requests in the slowest whole second of the window;",
+        "srv cpu, gen cpu: cores used by the server process and by this load generator (with the",
+        "  in-process hello server on ceiling rows); other: cores busy with anything else (other",
+        "  programs, kernel threads, steal: well above 0 means a shared, noisy machine);",
+        "idle%: machine CPU idle, iowait included.",
+    ] {
         println!("{line}");
     }
+}
+
+async fn cmd_hello(args: HelloArgs) -> Result<()> {
+    print_header();
     let patients = Arc::new(Patients::new()?);
     let observations = Arc::new(Observations::new()?);
     let seq = Arc::new(AtomicU64::new(0));
@@ -490,6 +556,8 @@ async fn cmd_hello(args: HelloArgs) -> Result<()> {
     println!("{}", table_header());
     let mut summaries = Vec::new();
     ceiling_rows(&args.load, &patients, &observations, &seq, &mut summaries).await?;
+    println!();
+    print_legend();
     for (label, summary) in &summaries {
         print_errors(label, summary);
     }
@@ -497,9 +565,7 @@ async fn cmd_hello(args: HelloArgs) -> Result<()> {
 }
 
 async fn cmd_fill(args: FillArgs) -> Result<()> {
-    for line in machine_header() {
-        println!("{line}");
-    }
+    print_header();
     let patients = Arc::new(Patients::new()?);
     let observations = Arc::new(Observations::new()?);
     print_payload_sizes(&patients, &observations);
@@ -560,7 +626,15 @@ async fn cmd_fill(args: FillArgs) -> Result<()> {
             }
         })
     };
-    let result = run_phase(work, args.connections, Until::Count(args.count), false).await;
+    let meter = CpuMeter::new(session.server.pid());
+    let result = run_phase(
+        work,
+        args.connections,
+        Until::Count(args.count),
+        false,
+        Some(meter),
+    )
+    .await;
     progress.abort();
     let result = result?;
     session.check_alive()?;
@@ -578,6 +652,14 @@ async fn cmd_fill(args: FillArgs) -> Result<()> {
         s.p999_ms,
         s.max_ms
     );
+    if let Some(cpu) = &result.cpu {
+        println!(
+            "CPU during the fill: server {:.2} cores, load generator {:.2} cores, machine {:.0}% idle",
+            cpu.server_cores.unwrap_or(0.0),
+            cpu.generator_cores,
+            cpu.machine_idle_percent
+        );
+    }
     print_errors("fill", s);
     let (rss, peak) = session.server.memory_kib()?;
     println!(
@@ -599,7 +681,9 @@ async fn cmd_fill(args: FillArgs) -> Result<()> {
         mib(allocated),
         allocated as f64 / total as f64
     );
-    session.finish()?;
+    for line in session.finish()? {
+        println!("{line}");
+    }
     drop(work_dir);
     Ok(())
 }

@@ -191,7 +191,7 @@ fn identifier_type(code: &str, display: &str) -> Value {
 
 /// One Patient variant with the `__SEQ__` and `__SSN__` markers in its identifiers.
 fn patient_variant(variant: u64) -> Value {
-    let female = mix(variant) % 2 == 0;
+    let female = mix(variant).is_multiple_of(2);
     let (gender, birth_sex, prefix, given_list) = if female {
         ("female", "F", "Ms.", GIVEN_FEMALE)
     } else {

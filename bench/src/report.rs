@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::cpu::CpuUse;
 use crate::stats::Summary;
 
 /// The first value of `key` in a `key : value` file such as /proc/cpuinfo.
@@ -61,7 +62,7 @@ pub fn machine_header() -> Vec<String> {
 /// The table's column titles.
 pub fn table_header() -> String {
     format!(
-        "{:<22} {:>5} {:>9} {:>7} {:>9} {:>8} {:>8} {:>9} {:>8} {:>9}",
+        "{:<22} {:>5} {:>9} {:>7} {:>9} {:>8} {:>8} {:>9} {:>8} {:>9} {:>7} {:>7} {:>5} {:>5}",
         "op",
         "conns",
         "requests",
@@ -71,17 +72,30 @@ pub fn table_header() -> String {
         "p99 ms",
         "p99.9 ms",
         "max ms",
-        "worst 1s"
+        "worst 1s",
+        "srv cpu",
+        "gen cpu",
+        "other",
+        "idle%"
     )
 }
 
 /// One table row.
-pub fn table_row(op: &str, connections: usize, s: &Summary) -> String {
+pub fn table_row(op: &str, connections: usize, s: &Summary, cpu: Option<&CpuUse>) -> String {
     let worst = s
         .slowest_second
         .map_or_else(|| "-".to_string(), |n| n.to_string());
+    let server = cpu
+        .and_then(|c| c.server_cores)
+        .map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+    let generator = cpu.map_or_else(|| "-".to_string(), |c| format!("{:.2}", c.generator_cores));
+    let other = cpu.map_or_else(|| "-".to_string(), |c| format!("{:.2}", c.other_cores));
+    let idle = cpu.map_or_else(
+        || "-".to_string(),
+        |c| format!("{:.0}", c.machine_idle_percent),
+    );
     format!(
-        "{:<22} {:>5} {:>9} {:>7} {:>9.0} {:>8.2} {:>8.2} {:>9.2} {:>8.2} {:>9}",
+        "{:<22} {:>5} {:>9} {:>7} {:>9.0} {:>8.2} {:>8.2} {:>9.2} {:>8.2} {:>9} {:>7} {:>7} {:>5} {:>5}",
         op,
         connections,
         s.requests,
@@ -91,7 +105,11 @@ pub fn table_row(op: &str, connections: usize, s: &Summary) -> String {
         s.p99_ms,
         s.p999_ms,
         s.max_ms,
-        worst
+        worst,
+        server,
+        generator,
+        other,
+        idle
     )
 }
 
@@ -110,7 +128,7 @@ mod tests {
         let s = crate::stats::summarize(Vec::new(), std::time::Duration::from_secs(10));
         assert_eq!(
             table_header().len(),
-            table_row("create-patient", 64, &s).len()
+            table_row("create-patient", 64, &s, None).len()
         );
         assert!(machine_header().len() >= 3);
     }
