@@ -1323,7 +1323,7 @@ async fn create(call: &Call, resource_type: &ResourceType, body: Body) -> Result
         }
     }
     for _ in 0..WRITE_ATTEMPTS {
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = uuid::Uuid::now_v7().to_string();
         let outcome = commit(
             call,
             NewVersion {
@@ -1763,7 +1763,7 @@ async fn conditional_update(
                 }
                 (Some(cid), _) => cid.clone(),
                 (None, Some(bid)) => bid.clone(),
-                (None, None) => uuid::Uuid::new_v4().to_string(),
+                (None, None) => uuid::Uuid::now_v7().to_string(),
             };
             let terms: Vec<IndexTerm> = criteria
                 .identifier_terms

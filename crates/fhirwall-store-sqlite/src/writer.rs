@@ -2,6 +2,8 @@
 //! transaction with one disk sync (group commit). It links audit records into the chain in
 //! commit order, so the chain needs no lock.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::thread::JoinHandle;
 
@@ -31,19 +33,56 @@ pub(crate) enum Command {
 pub(crate) struct WriterHandle {
     pub(crate) sender: Sender<Command>,
     thread: JoinHandle<()>,
+    checkpointer: JoinHandle<()>,
+    stop_checkpoints: Arc<AtomicBool>,
 }
 
 impl WriterHandle {
     pub(crate) fn join(self) {
         drop(self.sender);
         let _ = self.thread.join();
+        self.stop_checkpoints.store(true, Ordering::SeqCst);
+        self.checkpointer.thread().unpark();
+        let _ = self.checkpointer.join();
     }
 }
 
 /// Most requests one transaction takes; more wait for the next commit.
 const MAX_BATCH: usize = 2048;
 
-pub(crate) fn spawn(conn: Connection, chain: ChainFn) -> Result<WriterHandle, StoreError> {
+/// WAL size above which the checkpointer waits for a moment without readers to restart the
+/// log from its start and truncate it.
+const WAL_TRUNCATE_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Copies committed WAL frames into the database file in the background (a passive
+/// checkpoint never blocks the writer or readers), so commits do not pay for it. Under
+/// constant load some reader always holds the log, so it never restarts by itself; past
+/// `WAL_TRUNCATE_BYTES` a truncating checkpoint waits briefly for readers and resets it.
+fn checkpointer(conn: Connection, wal_path: std::path::PathBuf, stop: Arc<AtomicBool>) {
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        let wal_bytes = std::fs::metadata(&wal_path).map(|m| m.len()).unwrap_or(0);
+        let mode = if wal_bytes > WAL_TRUNCATE_BYTES || stopping {
+            "TRUNCATE"
+        } else {
+            "PASSIVE"
+        };
+        if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
+            tracing::warn!(error = %e, "background checkpoint failed");
+        }
+        if stopping {
+            return;
+        }
+        std::thread::park_timeout(std::time::Duration::from_millis(250));
+    }
+}
+
+pub(crate) fn spawn(
+    conn: Connection,
+    checkpoint_conn: Connection,
+    wal_path: std::path::PathBuf,
+    chain: ChainFn,
+) -> Result<WriterHandle, StoreError> {
     let head = conn
         .query_row(
             "SELECT seq, link FROM audit_log ORDER BY seq DESC LIMIT 1",
@@ -66,7 +105,18 @@ pub(crate) fn spawn(conn: Connection, chain: ChainFn) -> Result<WriterHandle, St
         .name("fhirwall-writer".into())
         .spawn(move || run(conn, receiver, chain, head))
         .map_err(|e| StoreError::Backend(e.to_string()))?;
-    Ok(WriterHandle { sender, thread })
+    let stop_checkpoints = Arc::new(AtomicBool::new(false));
+    let stop = stop_checkpoints.clone();
+    let checkpointer = std::thread::Builder::new()
+        .name("fhirwall-checkpoint".into())
+        .spawn(move || checkpointer(checkpoint_conn, wal_path, stop))
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
+    Ok(WriterHandle {
+        sender,
+        thread,
+        checkpointer,
+        stop_checkpoints,
+    })
 }
 
 enum Pending {
@@ -133,6 +183,10 @@ fn run(
 
 type BatchResult = Result<Vec<Pending>, (Vec<Pending>, StoreError)>;
 
+/// Applies a batch in one transaction. Checks (versions, guards, jti reuse) run before any
+/// insert, so an insert that fails is a real storage failure (disk full, corruption, a refused
+/// audit insert): then the whole transaction rolls back and every request in it fails, which
+/// keeps each write and its audit record together without a savepoint per request.
 fn commit_batch(
     conn: &mut Connection,
     batch: Vec<Command>,
@@ -149,14 +203,25 @@ fn commit_batch(
             return Err((pending, backend(e)));
         }
     };
+    let mut failure: Option<StoreError> = None;
     for command in batch {
+        if failure.is_some() {
+            pending.push(failed(command));
+            continue;
+        }
         match command {
             Command::Write(request, reply) => {
                 let result = apply_write(&tx, &request, chain, head);
+                if let Err(e) = &result {
+                    failure = Some(StoreError::Backend(e.to_string()));
+                }
                 pending.push(Pending::Write(reply, result));
             }
             Command::Audit(record, reply) => {
                 let result = append_audit(&tx, &record, chain, head);
+                if let Err(e) = &result {
+                    failure = Some(StoreError::Backend(e.to_string()));
+                }
                 pending.push(Pending::Audit(reply, result));
             }
             Command::Jti {
@@ -172,9 +237,16 @@ fn commit_batch(
                     .and_then(|mut s| s.execute(params![client_id, jti, expires_unix]))
                     .map(|n| n == 1)
                     .map_err(backend);
+                if let Err(e) = &result {
+                    failure = Some(StoreError::Backend(e.to_string()));
+                }
                 pending.push(Pending::Jti(reply, result));
             }
         }
+    }
+    if let Some(error) = failure {
+        drop(tx);
+        return Err((pending, error));
     }
     match tx.commit() {
         Ok(()) => Ok(pending),
@@ -218,7 +290,7 @@ fn append_audit(
 }
 
 /// Checks the expectation and guard, then stores the version, its index terms and its audit
-/// record. Runs inside a savepoint so a failure leaves the rest of the batch intact.
+/// record. An error here fails the whole batch (see `commit_batch`).
 fn apply_write(
     tx: &Transaction<'_>,
     request: &WriteRequest,
@@ -268,14 +340,12 @@ fn apply_write(
         }
     }
 
-    let head_before = *head;
-    let result = (|| -> Result<u64, rusqlite::Error> {
-        tx.execute_batch("SAVEPOINT write_item")?;
-        tx.prepare_cached(
-            "INSERT INTO resource_versions (tenant, rtype, id, version, last_updated, method, body) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![
+    tx.prepare_cached(
+        "INSERT INTO resource_versions (tenant, rtype, id, version, last_updated, method, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
             v.tenant,
             v.resource_type,
             v.id,
@@ -283,43 +353,43 @@ fn apply_write(
             v.last_updated_micros,
             v.method.as_str(),
             v.sealed_body
-        ])?;
-        let seq = tx.last_insert_rowid();
-        tx.prepare_cached(
-            "INSERT INTO resource_current (tenant, rtype, id, version, deleted, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-             ON CONFLICT (tenant, rtype, id) DO UPDATE SET version = excluded.version, \
-             deleted = excluded.deleted, seq = excluded.seq",
-        )?
-        .execute(params![
+        ])
+    })
+    .map_err(backend)?;
+    let seq = tx.last_insert_rowid();
+    tx.prepare_cached(
+        "INSERT INTO resource_current (tenant, rtype, id, version, deleted, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT (tenant, rtype, id) DO UPDATE SET version = excluded.version, \
+         deleted = excluded.deleted, seq = excluded.seq",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
             v.tenant,
             v.resource_type,
             v.id,
             v.version as i64,
             i64::from(v.is_deleted()),
             seq
-        ])?;
-        tx.prepare_cached("DELETE FROM search_terms WHERE tenant = ?1 AND rtype = ?2 AND id = ?3")?
-            .execute(params![v.tenant, v.resource_type, v.id])?;
-        let mut insert = tx.prepare_cached(
-            "INSERT OR IGNORE INTO search_terms (tenant, rtype, id, term) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        for term in &request.index_terms {
-            insert.execute(params![v.tenant, v.resource_type, v.id, term.0.as_slice()])?;
-        }
-        Ok(seq as u64)
-    })();
-    let seq = match result {
-        Ok(seq) => seq,
-        Err(e) => {
-            let _ = tx.execute_batch("ROLLBACK TO write_item; RELEASE write_item");
-            return Err(backend(e));
-        }
-    };
-    if let Err(e) = append_audit(tx, &request.audit, chain, head) {
-        *head = head_before;
-        let _ = tx.execute_batch("ROLLBACK TO write_item; RELEASE write_item");
-        return Err(e);
+        ])
+    })
+    .map_err(backend)?;
+    if current.is_some() {
+        tx.prepare_cached("DELETE FROM search_terms WHERE tenant = ?1 AND rtype = ?2 AND id = ?3")
+            .and_then(|mut s| s.execute(params![v.tenant, v.resource_type, v.id]))
+            .map_err(backend)?;
     }
-    tx.execute_batch("RELEASE write_item").map_err(backend)?;
-    Ok(Ok(seq))
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO search_terms (tenant, rtype, id, term) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(backend)?;
+        for term in &request.index_terms {
+            insert
+                .execute(params![v.tenant, v.resource_type, v.id, term.0.as_slice()])
+                .map_err(backend)?;
+        }
+    }
+    append_audit(tx, &request.audit, chain, head)?;
+    Ok(Ok(seq as u64))
 }
