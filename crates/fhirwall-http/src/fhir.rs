@@ -727,7 +727,10 @@ fn stamp(
     Value::Object(out)
 }
 
-/// The blind-index terms of a resource's identifiers, for conditional operations and search.
+/// The blind-index terms of a resource's identifiers, for conditional operations and search:
+/// `value` (any system), `system|value`, and `|value` for identifiers without a system. Each
+/// term is a random-looking key, so each costs a B-tree page per write; a system-only term
+/// (`system|`) would be a posting list per system and is not kept.
 fn identifier_terms(call: &Call, resource_type: &ResourceType, resource: &Value) -> Vec<IndexTerm> {
     let mut terms = Vec::new();
     let identifiers = match resource.get("identifier") {
@@ -738,17 +741,11 @@ fn identifier_terms(call: &Call, resource_type: &ResourceType, resource: &Value)
     for identifier in identifiers {
         let system = identifier.get("system").and_then(Value::as_str);
         let Some(value) = identifier.get("value").and_then(Value::as_str) else {
-            if let Some(system) = system {
-                terms.push(term(call, resource_type, &format!("s:{system}")));
-            }
             continue;
         };
         terms.push(term(call, resource_type, &format!("v:{value}")));
         match system {
-            Some(system) => {
-                terms.push(term(call, resource_type, &format!("sv:{system}|{value}")));
-                terms.push(term(call, resource_type, &format!("s:{system}")));
-            }
+            Some(system) => terms.push(term(call, resource_type, &format!("sv:{system}|{value}"))),
             None => terms.push(term(call, resource_type, &format!("ns:{value}"))),
         }
     }
@@ -822,7 +819,12 @@ fn parse_criteria(
                     let normalized = match v.split_once('|') {
                         None => format!("v:{v}"),
                         Some(("", value)) => format!("ns:{value}"),
-                        Some((system, "")) => format!("s:{system}"),
+                        Some((_, "")) => {
+                            return Err(ApiError::bad_request(
+                                "unsupported-search",
+                                "identifier=system| (any value in a system) is not supported; give system|value or value.",
+                            ));
+                        }
                         Some((system, value)) => format!("sv:{system}|{value}"),
                     };
                     if v.is_empty() || v == "|" {

@@ -62,6 +62,11 @@ pub(crate) fn open_connection(path: &Path, read_only: bool) -> Result<Connection
     Ok(conn)
 }
 
+fn poll_briefly(attempt: i32) -> bool {
+    std::thread::sleep(std::time::Duration::from_micros(100));
+    attempt < 10_000
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -89,10 +94,12 @@ impl SqliteStore {
         // Checkpoints run on their own thread (see writer::checkpointer), not inside a commit.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(backend)?;
-        let checkpoint_conn = open_connection(&self.path, false)?;
-        // The checkpointer waits up to a second for readers before giving up a truncation.
+        let mut checkpoint_conn = open_connection(&self.path, false)?;
+        // A restarting checkpoint blocks writers while it waits for readers to leave the log.
+        // SQLite's default busy handler backs off up to 100 ms per retry; readers here last
+        // microseconds, so poll every 100 us instead, for at most about a second.
         checkpoint_conn
-            .busy_timeout(std::time::Duration::from_secs(1))
+            .busy_handler(Some(poll_briefly))
             .map_err(backend)?;
         let mut wal_path = self.path.clone().into_os_string();
         wal_path.push("-wal");

@@ -51,24 +51,33 @@ impl WriterHandle {
 const MAX_BATCH: usize = 2048;
 
 /// WAL size above which the checkpointer waits for a moment without readers to restart the
-/// log from its start and truncate it.
-const WAL_TRUNCATE_BYTES: u64 = 128 * 1024 * 1024;
+/// log from its start.
+const WAL_RESTART_BYTES: u64 = 128 * 1024 * 1024;
 
 /// Copies committed WAL frames into the database file in the background (a passive
 /// checkpoint never blocks the writer or readers), so commits do not pay for it. Under
 /// constant load some reader always holds the log, so it never restarts by itself; past
-/// `WAL_TRUNCATE_BYTES` a truncating checkpoint waits briefly for readers and resets it.
+/// `WAL_RESTART_BYTES` a restarting checkpoint waits briefly for readers and resets it.
 fn checkpointer(conn: Connection, wal_path: std::path::PathBuf, stop: Arc<AtomicBool>) {
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let wal_bytes = std::fs::metadata(&wal_path).map(|m| m.len()).unwrap_or(0);
-        let mode = if wal_bytes > WAL_TRUNCATE_BYTES || stopping {
-            "TRUNCATE"
-        } else {
-            "PASSIVE"
-        };
-        if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
-            tracing::warn!(error = %e, "background checkpoint failed");
+        // A passive pass first copies nearly everything without holding up the writer; the
+        // RESTART that follows (when the log has grown) then has little left to copy while it
+        // blocks writers. RESTART keeps the file and rewrites it from the start, so no blocks
+        // are allocated and zeroed again; TRUNCATE at shutdown leaves a small directory.
+        let mut modes = vec!["PASSIVE"];
+        if stopping {
+            modes.push("TRUNCATE");
+        } else if wal_bytes > WAL_RESTART_BYTES {
+            modes.push("RESTART");
+        }
+        for mode in modes {
+            if let Err(e) =
+                conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+            {
+                tracing::warn!(error = %e, "background checkpoint failed");
+            }
         }
         if stopping {
             return;
