@@ -129,8 +129,14 @@ fn files_contain(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn raw_files_hold_no_patient_data() {
-    let mut server = Server::start().await;
+async fn raw_files_and_logs_hold_no_patient_data_or_tokens() {
+    let dir = crate::support::fresh_dir();
+    let log = std::env::temp_dir().join(format!(
+        "fhirwall-log-{}.txt",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let mut server =
+        Server::start_logging(&dir, &["--log-format", "json"], "info", Some(&log)).await;
     let c = server.client("system/*.cruds").await;
     let canaries = [
         "Zyxwvutsrqpo",
@@ -173,11 +179,37 @@ async fn raw_files_hold_no_patient_data() {
         let hits = files_contain(&server.data_dir, canary.as_bytes());
         assert!(hits.is_empty(), "{canary} found in {hits:?} while serving");
     }
+    // Bad requests echo nothing either.
+    let _ = c
+        .post(
+            "Patient",
+            &json!({"resourceType": "Observation", "note": canaries[0]}),
+        )
+        .send()
+        .await
+        .unwrap();
     assert!(server.terminate());
     for canary in canaries {
         let hits = files_contain(&server.data_dir, canary.as_bytes());
         assert!(hits.is_empty(), "{canary} found in {hits:?} after shutdown");
     }
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(log_text.contains("request_id"), "the log has request lines");
+    for line in log_text.lines() {
+        let _: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("a log line is not JSON: {line}"));
+    }
+    for secret in canaries.iter().copied().chain([c.token.as_str()]) {
+        assert!(!log_text.contains(secret), "the log holds {secret}");
+    }
+    let token_signature = c.token.rsplit('.').next().unwrap();
+    assert!(
+        !log_text.contains(token_signature),
+        "the log holds the token"
+    );
+    let _ = std::fs::remove_file(&log);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

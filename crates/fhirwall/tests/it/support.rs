@@ -66,14 +66,28 @@ impl Server {
 
     /// Starts a server on an existing data directory (a restart) with extra flags.
     pub async fn start_in(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_logging(dir, extra, "warn", None).await
+    }
+
+    /// Starts a server whose log lines (at `filter`) go to `log_file` when given.
+    pub async fn start_logging(
+        dir: &Path,
+        extra: &[&str],
+        filter: &str,
+        log_file: Option<&Path>,
+    ) -> Server {
+        let stderr = match log_file {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(BIN)
             .args(["serve", "--data-dir"])
             .arg(dir)
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
-            .env("FHIRWALL_LOG", "warn")
+            .env("FHIRWALL_LOG", filter)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
