@@ -2,8 +2,9 @@
 //! every stored body, associated data that binds each ciphertext to where it belongs.
 //! It must not know how wrapped keys are persisted: the store does that.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 
@@ -98,19 +99,43 @@ impl AadContext<'_> {
 
 const CIPHERTEXT_VERSION: u8 = 1;
 
+/// Random 96-bit nonces keep AES-GCM safe for 2^32 encryptions under one key (NIST SP
+/// 800-38D); a data key asks to be replaced well before that, and refuses to go past it.
+pub const DEFAULT_ROTATE_AFTER: u64 = 1 << 30;
+const HARD_LIMIT: u64 = (1 << 32) - (1 << 24);
+
+/// A data key and how many times this process has sealed with it.
+struct DataKey {
+    key: LessSafeKey,
+    sealed: AtomicU64,
+}
+
 /// Holds the unwrapped data keys of this process and seals and opens bodies with them.
+/// Data keys can be added and activated while it is shared (automatic rotation).
 pub struct Envelope {
     provider: Arc<dyn KeyProvider>,
-    data_keys: HashMap<DataKeyId, LessSafeKey>,
-    active_data_key: HashMap<String, DataKeyId>,
+    data_keys: RwLock<HashMap<DataKeyId, Arc<DataKey>>>,
+    active_data_key: RwLock<HashMap<String, (DataKeyId, Arc<DataKey>)>>,
     secrets: HashMap<(String, String), SecretBytes>,
+    rotate_after: u64,
+    rotation_due: RwLock<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Envelope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Envelope")
-            .field("data_keys", &self.data_keys.len())
+            .field(
+                "data_keys",
+                &self.data_keys.read().map(|k| k.len()).unwrap_or_default(),
+            )
             .finish()
+    }
+}
+
+fn poisoned() -> CryptoError {
+    CryptoError::Keyring {
+        path: String::new(),
+        reason: "a key lock was poisoned".into(),
     }
 }
 
@@ -118,10 +143,89 @@ impl Envelope {
     pub fn new(provider: Arc<dyn KeyProvider>) -> Self {
         Envelope {
             provider,
-            data_keys: HashMap::new(),
-            active_data_key: HashMap::new(),
+            data_keys: RwLock::new(HashMap::new()),
+            active_data_key: RwLock::new(HashMap::new()),
             secrets: HashMap::new(),
+            rotate_after: DEFAULT_ROTATE_AFTER,
+            rotation_due: RwLock::new(HashSet::new()),
         }
+    }
+
+    /// After how many seals by this process a data key asks to be replaced.
+    pub fn set_rotate_after(&mut self, seals: u64) {
+        self.rotate_after = seals.clamp(1, HARD_LIMIT / 2);
+    }
+
+    /// Whether the tenant's active data key has been used enough to be replaced.
+    pub fn rotation_due(&self, tenant: &str) -> bool {
+        self.rotation_due
+            .read()
+            .map(|due| due.contains(tenant))
+            .unwrap_or(false)
+    }
+
+    /// Makes a new data key for `tenant` and returns its wrapped form. It is not used until
+    /// [`Envelope::activate_data_key`]: persist it first, so nothing is ever sealed under a key
+    /// that a crash could lose.
+    pub fn new_data_key(&self, tenant: &str, now_unix: i64) -> Result<WrappedDataKey, CryptoError> {
+        let mut bytes = vec![0u8; 32];
+        fill_random(&mut bytes)?;
+        let plain = SecretBytes::new(bytes);
+        let key = self.wrap_new(PURPOSE_DATA, tenant, &plain, now_unix)?;
+        let unbound =
+            UnboundKey::new(&AES_256_GCM, plain.expose()).map_err(|_| CryptoError::Malformed)?;
+        self.data_keys.write().map_err(|_| poisoned())?.insert(
+            key.key_id.clone(),
+            Arc::new(DataKey {
+                key: LessSafeKey::new(unbound),
+                sealed: AtomicU64::new(0),
+            }),
+        );
+        Ok(key)
+    }
+
+    /// Makes a data key made by [`Envelope::new_data_key`] the one new seals use.
+    pub fn activate_data_key(&self, tenant: &str, key_id: &str) -> Result<(), CryptoError> {
+        let key = self
+            .data_keys
+            .read()
+            .map_err(|_| poisoned())?
+            .get(key_id)
+            .cloned()
+            .ok_or_else(|| CryptoError::UnknownDataKey(key_id.to_string()))?;
+        self.active_data_key
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(tenant.to_string(), (key_id.to_string(), key));
+        self.rotation_due
+            .write()
+            .map_err(|_| poisoned())?
+            .remove(tenant);
+        Ok(())
+    }
+
+    fn wrap_new(
+        &self,
+        purpose: &str,
+        tenant: &str,
+        plain: &SecretBytes,
+        now_unix: i64,
+    ) -> Result<WrappedDataKey, CryptoError> {
+        let key_id = format!("{purpose}-{}", crate::random_hex_128()?);
+        let kek_id = self.provider.active_kek_id();
+        let wrapped = self.provider.wrap(
+            &kek_id,
+            plain.expose(),
+            &wrap_context(&key_id, purpose, tenant),
+        )?;
+        Ok(WrappedDataKey {
+            key_id,
+            purpose: purpose.to_string(),
+            tenant: tenant.to_string(),
+            kek_id,
+            wrapped,
+            created_unix: now_unix,
+        })
     }
 
     /// Unwraps a persisted key and keeps it for use. Keys load in creation order, so the
@@ -133,10 +237,18 @@ impl Envelope {
         if key.purpose == PURPOSE_DATA {
             let unbound = UnboundKey::new(&AES_256_GCM, plain.expose())
                 .map_err(|_| CryptoError::Malformed)?;
+            let data_key = Arc::new(DataKey {
+                key: LessSafeKey::new(unbound),
+                sealed: AtomicU64::new(0),
+            });
             self.data_keys
-                .insert(key.key_id.clone(), LessSafeKey::new(unbound));
+                .get_mut()
+                .map_err(|_| poisoned())?
+                .insert(key.key_id.clone(), data_key.clone());
             self.active_data_key
-                .insert(key.tenant.clone(), key.key_id.clone());
+                .get_mut()
+                .map_err(|_| poisoned())?
+                .insert(key.tenant.clone(), (key.key_id.clone(), data_key));
         } else {
             self.secrets
                 .insert((key.purpose.clone(), key.tenant.clone()), plain);
@@ -147,7 +259,10 @@ impl Envelope {
     /// Whether a key of `purpose` for `tenant` is loaded.
     pub fn has_key(&self, purpose: &str, tenant: &str) -> bool {
         if purpose == PURPOSE_DATA {
-            self.active_data_key.contains_key(tenant)
+            self.active_data_key
+                .read()
+                .map(|active| active.contains_key(tenant))
+                .unwrap_or(false)
         } else {
             self.secrets
                 .contains_key(&(purpose.to_string(), tenant.to_string()))
@@ -170,21 +285,7 @@ impl Envelope {
             fill_random(&mut bytes)?;
             SecretBytes::new(bytes)
         };
-        let key_id = format!("{purpose}-{}", crate::random_hex_128()?);
-        let kek_id = self.provider.active_kek_id();
-        let wrapped = self.provider.wrap(
-            &kek_id,
-            plain.expose(),
-            &wrap_context(&key_id, purpose, tenant),
-        )?;
-        let key = WrappedDataKey {
-            key_id,
-            purpose: purpose.to_string(),
-            tenant: tenant.to_string(),
-            kek_id,
-            wrapped,
-            created_unix: now_unix,
-        };
+        let key = self.wrap_new(purpose, tenant, &plain, now_unix)?;
         self.load(&key)?;
         Ok(key)
     }
@@ -208,14 +309,23 @@ impl Envelope {
     /// Encrypts `plaintext` under the tenant's active data key:
     /// `[version][key id length][key id][nonce][ciphertext and tag]`.
     pub fn seal(&self, context: &AadContext<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let key_id = self
+        let (key_id, data_key) = self
             .active_data_key
+            .read()
+            .map_err(|_| poisoned())?
             .get(context.tenant())
+            .cloned()
             .ok_or_else(|| CryptoError::UnknownDataKey(context.tenant().to_string()))?;
-        let key = self
-            .data_keys
-            .get(key_id)
-            .ok_or_else(|| CryptoError::UnknownDataKey(key_id.clone()))?;
+        let uses = data_key.sealed.fetch_add(1, Ordering::Relaxed) + 1;
+        if uses >= self.rotate_after
+            && let Ok(mut due) = self.rotation_due.write()
+        {
+            due.insert(context.tenant().to_string());
+        }
+        if uses >= HARD_LIMIT {
+            return Err(CryptoError::KeyExhausted);
+        }
+        let key = &data_key.key;
         let id_len = u8::try_from(key_id.len()).map_err(|_| CryptoError::Malformed)?;
         let mut nonce = [0u8; NONCE_LEN];
         fill_random(&mut nonce)?;
@@ -258,8 +368,12 @@ impl Envelope {
             .ok_or(CryptoError::Malformed)?;
         let key = self
             .data_keys
+            .read()
+            .map_err(|_| poisoned())?
             .get(key_id)
+            .cloned()
             .ok_or_else(|| CryptoError::UnknownDataKey(key_id.to_string()))?;
+        let key = &key.key;
         let mut buf = sealed.to_vec();
         let plain_len = key
             .open_in_place(
@@ -338,6 +452,32 @@ mod tests {
         altered[last] ^= 1;
         assert!(env.open(&ctx("t1", "a", 1), &altered).is_err());
         assert!(env.open(&ctx("t1", "a", 1), &sealed[..5]).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn data_keys_rotate_before_their_limit() {
+        let (mut env, dir) = envelope();
+        env.set_rotate_after(3);
+        let first: Vec<Vec<u8>> = (0..3)
+            .map(|i| env.seal(&ctx("t1", "a", i), b"x").unwrap())
+            .collect();
+        assert!(env.rotation_due("t1"));
+        assert!(!env.rotation_due("t2"));
+        let next = env.new_data_key("t1", 0).unwrap();
+        assert!(
+            env.rotation_due("t1"),
+            "a new key is not used before it is activated"
+        );
+        env.activate_data_key("t1", &next.key_id).unwrap();
+        assert!(!env.rotation_due("t1"));
+        let later = env.seal(&ctx("t1", "a", 9), b"y").unwrap();
+        let key_of = |c: &[u8]| c[2..2 + c[1] as usize].to_vec();
+        assert_ne!(key_of(&first[0]), key_of(&later));
+        assert_eq!(key_of(&later), next.key_id.as_bytes());
+        for (i, sealed) in first.iter().enumerate() {
+            assert_eq!(env.open(&ctx("t1", "a", i as u64), sealed).unwrap(), b"x");
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 

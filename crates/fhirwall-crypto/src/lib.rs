@@ -5,7 +5,7 @@ mod envelope;
 mod keyring;
 mod secret;
 
-pub use envelope::{AadContext, DataKeyId, Envelope, WrappedDataKey};
+pub use envelope::{AadContext, DEFAULT_ROTATE_AFTER, DataKeyId, Envelope, WrappedDataKey};
 pub use keyring::{FileKeyring, KeyProvider};
 pub use secret::SecretBytes;
 
@@ -28,6 +28,8 @@ pub enum CryptoError {
     Random,
     #[error("key generation failed")]
     KeyGeneration,
+    #[error("the data key reached its encryption limit and no new key is active yet")]
+    KeyExhausted,
 }
 
 /// Fills `buf` from the operating system's CSPRNG: the one door for randomness.

@@ -74,6 +74,7 @@ pub(crate) fn seal(state: &AppState, record: &AuditRecord) -> Result<SealedAudit
         },
         &plain,
     )?;
+    state.rotate_data_key_if_due();
     Ok(SealedAudit {
         tenant: record.tenant.clone(),
         record_id: record.record_id.clone(),

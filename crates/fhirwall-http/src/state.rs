@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use fhirwall_auth::{AccessClaims, JwksFetcher, TokenIssuer};
-use fhirwall_crypto::{BlindIndexer, Envelope, MacKey};
+use fhirwall_crypto::{BlindIndexer, Envelope};
 use fhirwall_store::Store;
 
 /// The one door for time, so tests and benchmarks could substitute it.
@@ -55,6 +55,8 @@ pub(crate) struct Inner {
     /// Writers of the same resource queue here instead of racing each other into optimistic
     /// retries. The store's version check still guards correctness across processes.
     pub write_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Set while a data-key rotation is being persisted.
+    pub rotating: std::sync::atomic::AtomicBool,
     pub fallback_lock: tokio::sync::Mutex<()>,
 }
 
@@ -114,6 +116,7 @@ impl AppState {
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
                 fallback_lock: tokio::sync::Mutex::new(()),
+                rotating: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -126,8 +129,49 @@ impl AppState {
         format!("{}/auth/token", self.inner.base_url)
     }
 
-    #[allow(dead_code)]
-    pub(crate) fn chain_key(&self) -> Option<MacKey> {
-        self.inner.envelope.audit_chain_key(&self.inner.tenant)
+    /// When the tenant's data key has sealed enough, makes a new one in the background:
+    /// persisted first, activated after, so no ciphertext ever names a key a crash could lose.
+    pub(crate) fn rotate_data_key_if_due(&self) {
+        use std::sync::atomic::Ordering;
+        let inner = &self.inner;
+        if !inner.envelope.rotation_due(&inner.tenant)
+            || inner.rotating.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let state = self.clone();
+        tokio::spawn(async move {
+            let inner = &state.inner;
+            let result = async {
+                let key = inner
+                    .envelope
+                    .new_data_key(&inner.tenant, inner.clock.now_unix())
+                    .map_err(|e| e.to_string())?;
+                inner
+                    .store
+                    .save_key(fhirwall_store::StoredKey {
+                        key_id: key.key_id.clone(),
+                        purpose: key.purpose.clone(),
+                        tenant: key.tenant.clone(),
+                        kek_id: key.kek_id.clone(),
+                        wrapped: key.wrapped.clone(),
+                        created_unix: key.created_unix,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                inner
+                    .envelope
+                    .activate_data_key(&inner.tenant, &key.key_id)
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            match result {
+                Ok(()) => tracing::info!("data key rotated"),
+                Err(error) => {
+                    tracing::error!(error = %error, "data key rotation failed; will retry")
+                }
+            }
+            inner.rotating.store(false, Ordering::SeqCst);
+        });
     }
 }

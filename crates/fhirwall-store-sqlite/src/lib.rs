@@ -410,6 +410,13 @@ impl Store for SqliteStore {
     }
 
     fn save_key(&self, key: StoredKey) -> StoreFuture<'_, ()> {
+        // Once the writer runs, keys commit through it like every other runtime write (no
+        // competing for SQLite's write lock); before that (start-up, operator commands) the
+        // admin connection stores them.
+        let writer_running = self.sender.read().map(|s| s.is_some()).unwrap_or(false);
+        if writer_running {
+            return self.send(move |reply| Command::SaveKey(key, reply));
+        }
         let result = self.with_admin(|conn| {
             conn.execute(
                 "INSERT INTO wrapped_keys (key_id, purpose, tenant, kek_id, wrapped, created) \

@@ -28,6 +28,7 @@ pub(crate) enum Command {
         expires_unix: i64,
         reply: Reply<bool>,
     },
+    SaveKey(fhirwall_store::StoredKey, Reply<()>),
 }
 
 pub(crate) struct WriterHandle {
@@ -135,6 +136,7 @@ enum Pending {
     ),
     Audit(Reply<u64>, Result<u64, StoreError>),
     Jti(Reply<bool>, Result<bool, StoreError>),
+    SaveKey(Reply<()>, Result<(), StoreError>),
 }
 
 fn run(
@@ -161,6 +163,7 @@ fn run(
                         Pending::Write(reply, result) => drop(reply.send(result)),
                         Pending::Audit(reply, result) => drop(reply.send(result)),
                         Pending::Jti(reply, result) => drop(reply.send(result)),
+                        Pending::SaveKey(reply, result) => drop(reply.send(result)),
                     }
                 }
             }
@@ -173,6 +176,7 @@ fn run(
                         Pending::Write(reply, _) => drop(reply.send(Err(err()))),
                         Pending::Audit(reply, _) => drop(reply.send(Err(err()))),
                         Pending::Jti(reply, _) => drop(reply.send(Err(err()))),
+                        Pending::SaveKey(reply, _) => drop(reply.send(Err(err()))),
                     }
                 }
             }
@@ -251,6 +255,29 @@ fn commit_batch(
                 }
                 pending.push(Pending::Jti(reply, result));
             }
+            Command::SaveKey(key, reply) => {
+                let result = tx
+                    .prepare_cached(
+                        "INSERT INTO wrapped_keys (key_id, purpose, tenant, kek_id, wrapped, created) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            key.key_id,
+                            key.purpose,
+                            key.tenant,
+                            key.kek_id,
+                            key.wrapped,
+                            key.created_unix
+                        ])
+                    })
+                    .map(|_| ())
+                    .map_err(backend);
+                if let Err(e) = &result {
+                    failure = Some(StoreError::Backend(e.to_string()));
+                }
+                pending.push(Pending::SaveKey(reply, result));
+            }
         }
     }
     if let Some(error) = failure {
@@ -269,6 +296,7 @@ fn failed(command: Command) -> Pending {
         Command::Write(_, reply) => Pending::Write(reply, Err(err())),
         Command::Audit(_, reply) => Pending::Audit(reply, Err(err())),
         Command::Jti { reply, .. } => Pending::Jti(reply, Err(err())),
+        Command::SaveKey(_, reply) => Pending::SaveKey(reply, Err(err())),
     }
 }
 

@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, env = "FHIRWALL_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// Encryptions after which a data key is replaced (default 2^30, well below AES-GCM's
+    /// 2^32 limit for random nonces).
+    #[arg(long, env = "FHIRWALL_DATA_KEY_ROTATE_AFTER")]
+    pub data_key_rotate_after: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +67,7 @@ struct FileConfig {
     log_format: Option<String>,
     jwks_ca: Option<PathBuf>,
     shutdown_grace_secs: Option<u64>,
+    data_key_rotate_after: Option<u64>,
 }
 
 /// The settled configuration.
@@ -79,6 +84,7 @@ pub struct Settings {
     pub log_json: bool,
     pub jwks_ca: Option<PathBuf>,
     pub shutdown_grace_secs: u64,
+    pub data_key_rotate_after: u64,
 }
 
 const KNOWN_ENV: &[&str] = &[
@@ -94,6 +100,7 @@ const KNOWN_ENV: &[&str] = &[
     "FHIRWALL_LOG_FORMAT",
     "FHIRWALL_JWKS_CA",
     "FHIRWALL_SHUTDOWN_GRACE_SECS",
+    "FHIRWALL_DATA_KEY_ROTATE_AFTER",
     "FHIRWALL_LOG",
 ];
 
@@ -169,7 +176,17 @@ impl Settings {
         {
             bail!("public_url must be an https:// origin without a trailing slash");
         }
+        let data_key_rotate_after = args
+            .data_key_rotate_after
+            .or(file.data_key_rotate_after)
+            .unwrap_or(fhirwall_crypto::DEFAULT_ROTATE_AFTER);
+        if data_key_rotate_after == 0
+            || data_key_rotate_after > fhirwall_crypto::DEFAULT_ROTATE_AFTER * 2
+        {
+            bail!("data_key_rotate_after must be between 1 and 2^31");
+        }
         Ok(Settings {
+            data_key_rotate_after,
             data_dir,
             listen,
             public_url,

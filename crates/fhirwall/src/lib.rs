@@ -121,7 +121,23 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         );
     }
 
-    let (store, envelope) = open_secure_store(&settings.data_dir, &settings.keyring, true).await?;
+    let (store, mut envelope) =
+        open_secure_store(&settings.data_dir, &settings.keyring, true).await?;
+    // Each start seals under a fresh data key, so this process's count of encryptions under
+    // its key is the whole count; the server replaces it again after `data_key_rotate_after`.
+    envelope.set_rotate_after(settings.data_key_rotate_after);
+    let fresh = envelope.new_data_key(DEFAULT_TENANT, now_unix())?;
+    store
+        .save_key(StoredKey {
+            key_id: fresh.key_id.clone(),
+            purpose: fresh.purpose.clone(),
+            tenant: fresh.tenant.clone(),
+            kek_id: fresh.kek_id.clone(),
+            wrapped: fresh.wrapped.clone(),
+            created_unix: fresh.created_unix,
+        })
+        .await?;
+    envelope.activate_data_key(DEFAULT_TENANT, &fresh.key_id)?;
     let chain_key = envelope
         .audit_chain_key(DEFAULT_TENANT)
         .context("the audit chain key is missing")?;

@@ -303,3 +303,60 @@ async fn key_rotation_keeps_old_data_readable_and_encrypts_new_data_under_new_ke
 async fn json_body(r: reqwest::Response) -> serde_json::Value {
     r.json().await.unwrap()
 }
+
+#[tokio::test]
+async fn data_keys_rotate_automatically_before_their_limit() {
+    let dir = crate::support::fresh_dir();
+    let log = dir.join("server.log");
+    let server =
+        Server::start_logging(&dir, &["--data-key-rotate-after", "6"], "info", Some(&log)).await;
+    let c = server.client("system/*.cruds").await;
+    // Rotation runs in the background, so keep writing until it has happened a few times.
+    let mut ids = Vec::new();
+    let mut keys = std::collections::HashSet::new();
+    for i in 0..300 {
+        let created = c.create(&patient("Rotating", &format!("MRN-AR{i}"))).await;
+        let id = created["id"].as_str().unwrap().to_string();
+        keys.insert(key_id_of(&dir, &id));
+        ids.push(id);
+        if keys.len() >= 3 {
+            break;
+        }
+    }
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let notable: Vec<&str> = log_text
+        .lines()
+        .filter(|l| !l.contains("request_id"))
+        .collect();
+    assert!(
+        keys.len() >= 3,
+        "only {} data keys after {} creates with rotation after 6 seals; log: {notable:?}",
+        keys.len(),
+        ids.len()
+    );
+    drop(server);
+    let restarted = Server::start_in(&dir, &[]).await;
+    let c2 = restarted.client("system/*.rs").await;
+    for id in &ids {
+        assert_eq!(
+            c2.get(&format!("Patient/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    drop(restarted);
+    let out = std::process::Command::new(BIN)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
