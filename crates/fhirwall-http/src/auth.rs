@@ -95,6 +95,15 @@ fn failure(
     }
 }
 
+fn store_unavailable() -> TokenFailure {
+    failure(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "Try again later.",
+        "store",
+    )
+}
+
 /// RFC 6749 section 5.2: 400 unless the client authenticated with the Authorization header,
 /// which backend-services clients never do (they use a client assertion).
 fn invalid_client(audit_code: &'static str) -> TokenFailure {
@@ -244,14 +253,7 @@ async fn issue_token(
         .store
         .get_client(&claimed)
         .await
-        .map_err(|_| {
-            failure(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "Try again later.",
-                "store",
-            )
-        })?
+        .map_err(|_| store_unavailable())?
         .ok_or_else(|| invalid_client("unknown-client"))?;
     who.client_id = Some(client.client_id.clone());
     let now = state.inner.clock.now_unix();
@@ -308,14 +310,7 @@ async fn issue_token(
         .store
         .use_jti(&client.client_id, &claims.jti, claims.exp)
         .await
-        .map_err(|_| {
-            failure(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "Try again later.",
-                "store",
-            )
-        })?;
+        .map_err(|_| store_unavailable())?;
     if !fresh {
         return Err(invalid_client("replayed-jti"));
     }

@@ -852,6 +852,24 @@ fn parse_criteria(
     Ok(criteria)
 }
 
+/// The criteria of a conditional interaction: at least one of `_id` and `identifier`, one value
+/// each.
+fn parse_conditional_criteria(
+    call: &Call,
+    resource_type: &ResourceType,
+    params: &[(String, String)],
+    interaction: &str,
+) -> Result<Criteria, ApiError> {
+    let criteria = parse_criteria(call, resource_type, params, false)?;
+    if criteria.id.is_none() && criteria.identifier_terms.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid-condition",
+            format!("A conditional {interaction} needs _id or identifier criteria."),
+        ));
+    }
+    Ok(criteria)
+}
+
 /// Current resources matching the criteria (up to `limit`), in commit order.
 async fn find(
     call: &Call,
@@ -1292,14 +1310,7 @@ async fn create(call: &Call, resource_type: &ResourceType, body: Body) -> Result
         let params: Vec<(String, String)> = form_urlencoded::parse(condition.as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
-        let criteria = parse_criteria(call, resource_type, &params, false)?;
-        if criteria.id.is_none() && criteria.identifier_terms.is_empty() {
-            return Err(ApiError::bad_request(
-                "invalid-condition",
-                "If-None-Exist must name _id or identifier criteria.",
-            )
-            .into());
-        }
+        let criteria = parse_conditional_criteria(call, resource_type, &params, "create")?;
         let matches = find(call, resource_type, &criteria, None, 2).await?;
         match matches.as_slice() {
             [] => {}
@@ -1741,14 +1752,7 @@ async fn conditional_update(
     body: Body,
 ) -> Result<Done, Failed> {
     let params = conditional_params(call);
-    let criteria = parse_criteria(call, resource_type, &params, false)?;
-    if criteria.id.is_none() && criteria.identifier_terms.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid-condition",
-            "A conditional update needs _id or identifier criteria in the URL.",
-        )
-        .into());
-    }
+    let criteria = parse_conditional_criteria(call, resource_type, &params, "update")?;
     let map = read_resource(call, resource_type, body).await?;
     let body_id = map.get("id").and_then(Value::as_str).map(str::to_string);
     let matches = find(call, resource_type, &criteria, None, 2).await?;
@@ -1803,14 +1807,7 @@ async fn conditional_update(
 
 async fn conditional_delete(call: &Call, resource_type: &ResourceType) -> Result<Done, Failed> {
     let params = conditional_params(call);
-    let criteria = parse_criteria(call, resource_type, &params, false)?;
-    if criteria.id.is_none() && criteria.identifier_terms.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid-condition",
-            "A conditional delete needs _id or identifier criteria in the URL.",
-        )
-        .into());
-    }
+    let criteria = parse_conditional_criteria(call, resource_type, &params, "delete")?;
     let matches = find(call, resource_type, &criteria, None, 2).await?;
     match matches.as_slice() {
         [] => Ok(Done {

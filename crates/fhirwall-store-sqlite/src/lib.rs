@@ -62,6 +62,23 @@ pub(crate) fn open_connection(path: &Path, read_only: bool) -> Result<Connection
     Ok(conn)
 }
 
+/// Stores a wrapped key (used by the admin connection and by the writer).
+pub(crate) fn insert_key(conn: &Connection, key: &StoredKey) -> Result<(), rusqlite::Error> {
+    conn.prepare_cached(
+        "INSERT INTO wrapped_keys (key_id, purpose, tenant, kek_id, wrapped, created) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        key.key_id,
+        key.purpose,
+        key.tenant,
+        key.kek_id,
+        key.wrapped,
+        key.created_unix
+    ])
+    .map(|_| ())
+}
+
 fn poll_briefly(attempt: i32) -> bool {
     std::thread::sleep(std::time::Duration::from_micros(100));
     attempt < 10_000
@@ -417,21 +434,7 @@ impl Store for SqliteStore {
         if writer_running {
             return self.send(move |reply| Command::SaveKey(key, reply));
         }
-        let result = self.with_admin(|conn| {
-            conn.execute(
-                "INSERT INTO wrapped_keys (key_id, purpose, tenant, kek_id, wrapped, created) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    key.key_id,
-                    key.purpose,
-                    key.tenant,
-                    key.kek_id,
-                    key.wrapped,
-                    key.created_unix
-                ],
-            )
-            .map(|_| ())
-        });
+        let result = self.with_admin(|conn| insert_key(conn, &key));
         Box::pin(async move { result })
     }
 

@@ -256,23 +256,7 @@ fn commit_batch(
                 pending.push(Pending::Jti(reply, result));
             }
             Command::SaveKey(key, reply) => {
-                let result = tx
-                    .prepare_cached(
-                        "INSERT INTO wrapped_keys (key_id, purpose, tenant, kek_id, wrapped, created) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            key.key_id,
-                            key.purpose,
-                            key.tenant,
-                            key.kek_id,
-                            key.wrapped,
-                            key.created_unix
-                        ])
-                    })
-                    .map(|_| ())
-                    .map_err(backend);
+                let result = crate::insert_key(&tx, &key).map_err(backend);
                 if let Err(e) = &result {
                     failure = Some(StoreError::Backend(e.to_string()));
                 }

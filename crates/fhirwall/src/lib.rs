@@ -17,6 +17,29 @@ pub use config::{ServeArgs, Settings};
 const DATABASE_FILE: &str = "fhirwall.db";
 const PURPOSES: &[&str] = &["data", "audit-chain", "blind-index", "token-signing"];
 
+/// A key as the store keeps it (the store never sees it unwrapped).
+fn to_stored(key: &WrappedDataKey) -> StoredKey {
+    StoredKey {
+        key_id: key.key_id.clone(),
+        purpose: key.purpose.clone(),
+        tenant: key.tenant.clone(),
+        kek_id: key.kek_id.clone(),
+        wrapped: key.wrapped.clone(),
+        created_unix: key.created_unix,
+    }
+}
+
+fn to_wrapped(key: StoredKey) -> WrappedDataKey {
+    WrappedDataKey {
+        key_id: key.key_id,
+        purpose: key.purpose,
+        tenant: key.tenant,
+        kek_id: key.kek_id,
+        wrapped: key.wrapped,
+        created_unix: key.created_unix,
+    }
+}
+
 fn database_path(data_dir: &Path) -> PathBuf {
     data_dir.join(DATABASE_FILE)
 }
@@ -45,14 +68,7 @@ pub async fn open_secure_store(
     let mut envelope = Envelope::new(provider);
     for key in store.load_keys().await? {
         envelope
-            .load(&WrappedDataKey {
-                key_id: key.key_id,
-                purpose: key.purpose,
-                tenant: key.tenant,
-                kek_id: key.kek_id,
-                wrapped: key.wrapped,
-                created_unix: key.created_unix,
-            })
+            .load(&to_wrapped(key))
             .context("a stored data key does not unwrap with this keyring")?;
     }
     for purpose in PURPOSES {
@@ -63,16 +79,7 @@ pub async fn open_secure_store(
             bail!("the store has no {purpose} key");
         }
         let key = envelope.create_key(purpose, DEFAULT_TENANT, now_unix())?;
-        store
-            .save_key(StoredKey {
-                key_id: key.key_id,
-                purpose: key.purpose,
-                tenant: key.tenant,
-                kek_id: key.kek_id,
-                wrapped: key.wrapped,
-                created_unix: key.created_unix,
-            })
-            .await?;
+        store.save_key(to_stored(&key)).await?;
     }
     Ok((store, envelope))
 }
@@ -127,16 +134,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // its key is the whole count; the server replaces it again after `data_key_rotate_after`.
     envelope.set_rotate_after(settings.data_key_rotate_after);
     let fresh = envelope.new_data_key(DEFAULT_TENANT, now_unix())?;
-    store
-        .save_key(StoredKey {
-            key_id: fresh.key_id.clone(),
-            purpose: fresh.purpose.clone(),
-            tenant: fresh.tenant.clone(),
-            kek_id: fresh.kek_id.clone(),
-            wrapped: fresh.wrapped.clone(),
-            created_unix: fresh.created_unix,
-        })
-        .await?;
+    store.save_key(to_stored(&fresh)).await?;
     envelope.activate_data_key(DEFAULT_TENANT, &fresh.key_id)?;
     let chain_key = envelope
         .audit_chain_key(DEFAULT_TENANT)
@@ -257,40 +255,14 @@ pub async fn rotate_keys(data_dir: &Path, keyring: &Path) -> anyhow::Result<Rota
         if key.kek_id == new_kek {
             continue;
         }
-        let wrapped = envelope.rewrap(&WrappedDataKey {
-            key_id: key.key_id,
-            purpose: key.purpose,
-            tenant: key.tenant,
-            kek_id: key.kek_id,
-            wrapped: key.wrapped,
-            created_unix: key.created_unix,
-        })?;
-        if store
-            .rewrap_key(StoredKey {
-                key_id: wrapped.key_id,
-                purpose: wrapped.purpose,
-                tenant: wrapped.tenant,
-                kek_id: wrapped.kek_id,
-                wrapped: wrapped.wrapped,
-                created_unix: wrapped.created_unix,
-            })
-            .await?
-        {
+        let wrapped = envelope.rewrap(&to_wrapped(key))?;
+        if store.rewrap_key(to_stored(&wrapped)).await? {
             rewrapped += 1;
         }
     }
     let data_key = envelope.create_key("data", DEFAULT_TENANT, now_unix())?;
     let new_data_key = data_key.key_id.clone();
-    store
-        .save_key(StoredKey {
-            key_id: data_key.key_id,
-            purpose: data_key.purpose,
-            tenant: data_key.tenant,
-            kek_id: data_key.kek_id,
-            wrapped: data_key.wrapped,
-            created_unix: data_key.created_unix,
-        })
-        .await?;
+    store.save_key(to_stored(&data_key)).await?;
     drop(lock);
     Ok(Rotation {
         new_kek,
