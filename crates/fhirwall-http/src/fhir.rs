@@ -1018,8 +1018,7 @@ fn precondition_failed(message: &str) -> ApiError {
     )
 }
 
-fn gone(resource_type: &ResourceType, version: u64, micros: i64) -> ApiError {
-    let _ = (version, micros);
+fn gone(resource_type: &ResourceType) -> ApiError {
     ApiError::new(
         StatusCode::GONE,
         IssueType::Deleted,
@@ -1041,7 +1040,7 @@ async fn read(call: &Call, resource_type: &ResourceType, id: &str) -> Result<Don
         .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found(format!("No {resource_type} with this id.")))?;
     if row.is_deleted() {
-        return Err(gone(resource_type, row.version, row.last_updated_micros).into());
+        return Err(gone(resource_type).into());
     }
     respond_with_version(call, resource_type, &row).await
 }
@@ -1115,7 +1114,7 @@ async fn vread(
         .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("No such version."))?;
     if row.is_deleted() {
-        let mut error = gone(resource_type, row.version, row.last_updated_micros);
+        let mut error = gone(resource_type);
         error.outcome.message = "This version records a deletion.".into();
         return Err(error.into());
     }
@@ -1140,7 +1139,6 @@ struct Written {
     version: u64,
     micros: i64,
     stored: Option<Vec<u8>>,
-    patients: Vec<String>,
 }
 
 /// Seals the version and its audit record and hands both to the store in one write.
@@ -1200,7 +1198,7 @@ async fn commit(call: &Call, new: NewVersion) -> Result<Result<Written, WriteCon
                 "{}/{}/_history/{}",
                 new.resource_type, new.id, new.version
             )],
-            patients: patients.clone(),
+            patients,
             query: call.raw_query.clone(),
         },
         status,
@@ -1232,7 +1230,6 @@ async fn commit(call: &Call, new: NewVersion) -> Result<Result<Written, WriteCon
         version: new.version,
         micros,
         stored,
-        patients,
     }))
 }
 
@@ -1291,14 +1288,6 @@ fn write_response(
     Ok(response)
 }
 
-fn written_detail(resource_type: &ResourceType, id: &str, written: &Written) -> AuditDetail {
-    AuditDetail {
-        entities: vec![format!("{resource_type}/{id}/_history/{}", written.version)],
-        patients: written.patients.clone(),
-        ..AuditDetail::default()
-    }
-}
-
 async fn create(call: &Call, resource_type: &ResourceType, body: Body) -> Result<Done, Failed> {
     let map = read_resource(call, resource_type, body).await?;
     let mut guard = None;
@@ -1321,11 +1310,8 @@ async fn create(call: &Call, resource_type: &ResourceType, body: Body) -> Result
                 );
             }
         }
-        if let Some(id) = criteria.id {
-            // A create always gets a new server id, so an `_id` criterion that matched nothing
-            // stays unmatched; identifier criteria must stay unmatched at commit time.
-            let _ = id;
-        }
+        // A create always gets a new server id, so an `_id` criterion that matched nothing
+        // stays unmatched; identifier criteria are re-checked at commit time by the guard.
         let terms: Vec<IndexTerm> = criteria
             .identifier_terms
             .iter()
@@ -1464,9 +1450,15 @@ async fn update(
         }
     }
     let expected = if_match(call)?;
-    write_version(call, claims, resource_type, id, expected, None, |_| {
-        Ok(map.clone())
-    })
+    write_version(
+        call,
+        Some(claims),
+        resource_type,
+        id,
+        expected,
+        None,
+        |_| Ok(map.clone()),
+    )
     .await
 }
 
@@ -1474,7 +1466,7 @@ async fn update(
 /// current version, builds the new body from it, and commits only if nothing changed meanwhile.
 async fn write_version(
     call: &Call,
-    claims: &AccessClaims,
+    claims: Option<&AccessClaims>,
     resource_type: &ResourceType,
     id: &str,
     expected: Option<u64>,
@@ -1506,14 +1498,12 @@ async fn write_version(
         if creating && is_patch {
             return Err(match current {
                 None => ApiError::not_found(format!("No {resource_type} with this id.")),
-                Some(row) => gone(resource_type, row.version, row.last_updated_micros),
+                Some(_) => gone(resource_type),
             }
             .into());
         }
         if current.is_none()
-            && !claims
-                .scopes
-                .allows_system(resource_type.as_str(), Perm::Create)
+            && !claims.is_some_and(|c| c.scopes.allows_system(resource_type.as_str(), Perm::Create))
         {
             return Err(ApiError::forbidden(format!(
                 "The access token's scopes do not allow create on {resource_type}."
@@ -1553,7 +1543,6 @@ async fn write_version(
             Ok(written) => {
                 let created = current.is_none();
                 let response = write_response(call, resource_type, id, &written, created)?;
-                let _ = written_detail(resource_type, id, &written);
                 return Ok(Done {
                     response,
                     audit: None,
@@ -1602,16 +1591,10 @@ async fn patch(
     let expected = if_match(call)?;
     let type_for_check = resource_type.clone();
     let id_owned = id.to_string();
-    let claims_any = AccessClaims {
-        client_id: String::new(),
-        scopes: fhirwall_auth::ScopeSet::parse("").map_err(|_| ApiError::internal())?,
-        exp: 0,
-        jti: String::new(),
-    };
-    // Patch never creates, so the create-scope check in write_version does not apply.
+    // Patch never creates, so there is no create permission to check.
     write_version(
         call,
-        &claims_any,
+        None,
         resource_type,
         id,
         expected,
@@ -1779,9 +1762,15 @@ async fn conditional_update(
             let guard = (!terms.is_empty()).then_some(NoMatchGuard { terms });
             let mut map = map;
             map.insert("id".into(), Value::String(id.clone()));
-            write_version(call, claims, resource_type, &id, expected, guard, |_| {
-                Ok(map.clone())
-            })
+            write_version(
+                call,
+                Some(claims),
+                resource_type,
+                &id,
+                expected,
+                guard,
+                |_| Ok(map.clone()),
+            )
             .await
         }
         [one] => {
@@ -1796,9 +1785,15 @@ async fn conditional_update(
             map.insert("id".into(), Value::String(one.id.clone()));
             let expected = expected.or(Some(one.version));
 
-            write_version(call, claims, resource_type, &one.id, expected, None, |_| {
-                Ok(map.clone())
-            })
+            write_version(
+                call,
+                Some(claims),
+                resource_type,
+                &one.id,
+                expected,
+                None,
+                |_| Ok(map.clone()),
+            )
             .await
         }
         _ => Err(precondition_failed("More than one resource matches the condition.").into()),
