@@ -769,6 +769,8 @@ struct Criteria {
     id: Option<String>,
     /// Each inner list is one `identifier` parameter; its entries are OR'd (comma values).
     identifier_terms: Vec<Vec<IndexTerm>>,
+    /// Parameters a lenient search left out.
+    ignored: Vec<String>,
 }
 
 const RESULT_PARAMS: &[&str] = &[
@@ -787,6 +789,7 @@ fn parse_criteria(
     resource_type: &ResourceType,
     params: &[(String, String)],
     allow_or: bool,
+    lenient: bool,
 ) -> Result<Criteria, ApiError> {
     let mut criteria = Criteria::default();
     for (name, value) in params {
@@ -838,6 +841,7 @@ fn parse_criteria(
                 criteria.identifier_terms.push(alternatives);
             }
             n if RESULT_PARAMS.contains(&n) => {}
+            _ if lenient => criteria.ignored.push(name.clone()),
             _ => {
                 return Err(ApiError::bad_request(
                     "unknown-search-parameter",
@@ -860,7 +864,7 @@ fn parse_conditional_criteria(
     params: &[(String, String)],
     interaction: &str,
 ) -> Result<Criteria, ApiError> {
-    let criteria = parse_criteria(call, resource_type, params, false)?;
+    let criteria = parse_criteria(call, resource_type, params, false, false)?;
     if criteria.id.is_none() && criteria.identifier_terms.is_empty() {
         return Err(ApiError::bad_request(
             "invalid-condition",
@@ -1837,10 +1841,10 @@ fn cursor(call: &Call) -> Result<Option<u64>, ApiError> {
 }
 
 /// A link URL with the request's own parameters, the cursor replaced.
-fn link(call: &Call, path: &str, cursor: Option<u64>) -> String {
+fn link(call: &Call, path: &str, cursor: Option<u64>, ignored: &[String]) -> String {
     let mut serializer = form_urlencoded::Serializer::new(String::new());
     for (k, v) in &call.params {
-        if k != "_cursor" {
+        if k != "_cursor" && !ignored.contains(k) {
             serializer.append_pair(k, v);
         }
     }
@@ -1856,7 +1860,11 @@ fn link(call: &Call, path: &str, cursor: Option<u64>) -> String {
 }
 
 async fn search(call: &Call, resource_type: &ResourceType) -> Result<Done, Failed> {
-    let criteria = parse_criteria(call, resource_type, &call.params, true)?;
+    // FHIR's default is to ignore search parameters the server does not support (and leave
+    // them out of the self link); `Prefer: handling=strict` asks for an error instead.
+    // Conditional interactions are always strict: ignoring a criterion would widen the match.
+    let lenient = !negotiate::prefers_strict_handling(&call.headers);
+    let criteria = parse_criteria(call, resource_type, &call.params, true, lenient)?;
     let count = page_size(call)?;
     let after = cursor(call)?;
     let summary_count = call.param("_summary") == Some("count");
@@ -1868,7 +1876,8 @@ async fn search(call: &Call, resource_type: &ResourceType) -> Result<Done, Faile
         "id": uuid::Uuid::new_v4().to_string(),
         "type": "searchset",
     });
-    let mut links = vec![json!({"relation": "self", "url": link(call, &path, after)})];
+    let mut links =
+        vec![json!({"relation": "self", "url": link(call, &path, after, &criteria.ignored)})];
     if summary_count {
         put(&mut bundle, "total", json!(rows.len()));
         put(&mut bundle, "link", Value::Array(links));
@@ -1881,7 +1890,7 @@ async fn search(call: &Call, resource_type: &ResourceType) -> Result<Done, Faile
     rows.truncate(count);
     if has_more {
         if let Some(last) = rows.last() {
-            links.push(json!({"relation": "next", "url": link(call, &path, Some(last.seq))}));
+            links.push(json!({"relation": "next", "url": link(call, &path, Some(last.seq), &criteria.ignored)}));
         }
     } else if after.is_none() {
         put(&mut bundle, "total", json!(rows.len()));
@@ -1988,9 +1997,9 @@ async fn history(
         (Some(t), None) => format!("/{t}/_history"),
         _ => "/_history".to_string(),
     };
-    let mut links = vec![json!({"relation": "self", "url": link(call, &path, before)})];
+    let mut links = vec![json!({"relation": "self", "url": link(call, &path, before, &[])})];
     if has_more && let Some(last) = rows.last() {
-        links.push(json!({"relation": "next", "url": link(call, &path, Some(last.seq))}));
+        links.push(json!({"relation": "next", "url": link(call, &path, Some(last.seq), &[])}));
     }
     let mut entries = Vec::new();
     let mut detail = AuditDetail::default();

@@ -132,6 +132,16 @@ pub(crate) fn return_preference(headers: &HeaderMap) -> ReturnPreference {
     ReturnPreference::Representation
 }
 
+/// `Prefer: handling=strict`: refuse unsupported search parameters instead of ignoring them.
+pub(crate) fn prefers_strict_handling(headers: &HeaderMap) -> bool {
+    headers.get_all("prefer").iter().any(|value| {
+        value.to_str().is_ok_and(|v| {
+            v.split([',', ';'])
+                .any(|part| part.trim().eq_ignore_ascii_case("handling=strict"))
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]

@@ -246,9 +246,32 @@ async fn every_class_of_bad_input_is_refused_and_changes_nothing() {
         .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(json(r).await["resourceType"], "OperationOutcome");
-    let r = c.get("Patient?name=x").send().await.unwrap();
+    // Unsupported search parameters: an error when the client asks for strict handling,
+    // otherwise ignored and left out of the self link (FHIR's default).
+    let r = c
+        .get("Patient?name=x")
+        .header("Prefer", "handling=strict")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(code_of(&json(r).await), "unknown-search-parameter");
+    let r = c.get("Patient?name=x&_count=5").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let bundle = json(r).await;
+    let self_link = bundle["link"][0]["url"].as_str().unwrap().to_string();
+    assert!(!self_link.contains("name="), "{self_link}");
+    assert!(self_link.contains("_count=5"), "{self_link}");
+    // Conditional interactions never ignore a criterion.
+    let r = c
+        .put(
+            "Patient?identifier=MRN-V&name=x",
+            &patient("Valid", "MRN-V"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     // One version from the one valid create: nothing else changed.
     assert_eq!(stored_versions(&c).await, 1);
     drop(server);
