@@ -570,9 +570,18 @@ async fn read_body(call: &Call, body: Body) -> Result<bytes::Bytes, ApiError> {
     {
         return Err(too_large());
     }
-    let collected = http_body_util::Limited::new(body, limit)
-        .collect()
+    // A client that trickles its body must not hold a request open indefinitely.
+    let collecting = http_body_util::Limited::new(body, limit).collect();
+    let collected = tokio::time::timeout(call.state.inner.limits.body_read_timeout, collecting)
         .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                IssueType::Timeout,
+                "body-timeout",
+                "The request body did not arrive in time.",
+            )
+        })?
         .map_err(|error| {
             if error
                 .downcast_ref::<http_body_util::LengthLimitError>()

@@ -21,6 +21,9 @@ use tower::ServiceExt;
 
 use crate::state::AppState;
 
+/// Open connections served at once.
+const MAX_CONNECTIONS: usize = 16_384;
+
 /// The correlation id of a request, generated here for every request.
 #[derive(Clone, Debug)]
 pub(crate) struct RequestId(pub String);
@@ -140,6 +143,9 @@ impl BoundServer {
             .timer(TokioTimer::new())
             .max_concurrent_streams(256);
         let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // Each open connection holds a permit; past the limit new connections are closed at
+        // once instead of exhausting memory and file descriptors.
+        let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -153,6 +159,11 @@ impl BoundServer {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            };
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                tracing::warn!("connection limit reached; closing a new connection");
+                drop(tcp);
+                continue;
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = self.acceptor.clone();
@@ -185,6 +196,7 @@ impl BoundServer {
                 let connection =
                     builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
                 let _ = watcher.watch(connection).await;
+                drop(permit);
             });
         }
         drop(self.listener);

@@ -29,6 +29,8 @@ impl Clock {
 pub struct Limits {
     pub max_body_bytes: usize,
     pub max_json_depth: usize,
+    /// How long a request body may take to arrive.
+    pub body_read_timeout: std::time::Duration,
 }
 
 /// Shared state. Cheap to clone (everything is behind `Arc`).

@@ -23,6 +23,7 @@ pub enum IssueType {
     Conflict,
     Exception,
     Throttled,
+    Timeout,
     Informational,
 }
 
@@ -47,6 +48,7 @@ impl IssueType {
             IssueType::Conflict => "conflict",
             IssueType::Exception => "exception",
             IssueType::Throttled => "throttled",
+            IssueType::Timeout => "timeout",
             IssueType::Informational => "informational",
         }
     }

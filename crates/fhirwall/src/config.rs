@@ -47,6 +47,9 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, env = "FHIRWALL_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// Seconds a request body may take to arrive (slower clients get 408).
+    #[arg(long, env = "FHIRWALL_BODY_READ_TIMEOUT_SECS")]
+    pub body_read_timeout_secs: Option<u64>,
     /// Encryptions after which a data key is replaced (default 2^30, well below AES-GCM's
     /// 2^32 limit for random nonces).
     #[arg(long, env = "FHIRWALL_DATA_KEY_ROTATE_AFTER")]
@@ -68,6 +71,7 @@ struct FileConfig {
     jwks_ca: Option<PathBuf>,
     shutdown_grace_secs: Option<u64>,
     data_key_rotate_after: Option<u64>,
+    body_read_timeout_secs: Option<u64>,
 }
 
 /// The settled configuration.
@@ -85,6 +89,7 @@ pub struct Settings {
     pub jwks_ca: Option<PathBuf>,
     pub shutdown_grace_secs: u64,
     pub data_key_rotate_after: u64,
+    pub body_read_timeout_secs: u64,
 }
 
 const KNOWN_ENV: &[&str] = &[
@@ -101,6 +106,7 @@ const KNOWN_ENV: &[&str] = &[
     "FHIRWALL_JWKS_CA",
     "FHIRWALL_SHUTDOWN_GRACE_SECS",
     "FHIRWALL_DATA_KEY_ROTATE_AFTER",
+    "FHIRWALL_BODY_READ_TIMEOUT_SECS",
     "FHIRWALL_LOG",
 ];
 
@@ -185,7 +191,15 @@ impl Settings {
         {
             bail!("data_key_rotate_after must be between 1 and 2^31");
         }
+        let body_read_timeout_secs = args
+            .body_read_timeout_secs
+            .or(file.body_read_timeout_secs)
+            .unwrap_or(60);
+        if body_read_timeout_secs == 0 {
+            bail!("body_read_timeout_secs must be at least 1");
+        }
         Ok(Settings {
+            body_read_timeout_secs,
             data_key_rotate_after,
             data_dir,
             listen,

@@ -190,6 +190,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         fhirwall_http::Limits {
             max_body_bytes: settings.max_body_bytes,
             max_json_depth: settings.max_json_depth,
+            body_read_timeout: Duration::from_secs(settings.body_read_timeout_secs),
         },
         fhirwall_http::Clock,
     )
