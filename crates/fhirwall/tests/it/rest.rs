@@ -623,4 +623,34 @@ async fn negotiation_summary_elements_and_metadata() {
     let r = c.get(&format!("Patient/{id}")).send().await.unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert!(r.headers().contains_key("x-request-id"));
+    // And HTTP/1.1 for clients that do not offer h2.
+    let ca = std::fs::read(server.data_dir.join("tls/ca.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
+            &ca,
+        )
+    {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let http1 = reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        .http1_only()
+        .build()
+        .unwrap();
+    let r = http1
+        .get(c.fhir(&format!("Patient/{id}")))
+        .bearer_auth(&c.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
 }
