@@ -69,3 +69,42 @@ async fn only_modern_tls_is_served() {
     assert!(!String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"));
     assert!(!String::from_utf8_lossy(&buf).contains("CapabilityStatement"));
 }
+
+#[tokio::test]
+async fn operators_can_bring_their_own_certificate() {
+    let dir = crate::support::fresh_dir();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Operator test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let cert_path = dir.join("operator.pem");
+    let key_path = dir.join("operator.key");
+    std::fs::write(&cert_path, format!("{}{}", cert.pem(), ca.pem())).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let cert_arg = cert_path.display().to_string();
+    let key_arg = key_path.display().to_string();
+    let mut server =
+        Server::start_in(&dir, &["--tls-cert", &cert_arg, "--tls-key", &key_arg]).await;
+    assert!(
+        !dir.join("tls/ca.pem").exists(),
+        "no development CA when the operator brings one"
+    );
+    let client = crate::support::http_client(ca.pem().as_bytes());
+    let r = client
+        .get(server.url("/fhir/metadata"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.kill9();
+    let _ = std::fs::remove_dir_all(dir);
+}
