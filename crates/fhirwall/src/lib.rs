@@ -346,18 +346,31 @@ pub async fn client_remove(data_dir: &Path, client_id: &str) -> anyhow::Result<b
 /// The result of `audit verify`.
 #[derive(Debug)]
 pub enum Verification {
-    Intact { records: u64 },
-    Broken { seq: u64, reason: String },
+    Intact {
+        records: u64,
+    },
+    Broken {
+        seq: u64,
+        reason: String,
+    },
+    /// A stored resource version whose audit record is not in the trail: records were removed
+    /// (a write and its record always commit together).
+    Unaudited {
+        reference: String,
+    },
 }
 
 /// Walks the whole audit trail: every record in sequence, its keyed chain link, and that it
-/// decrypts under its own context into a well-formed record.
+/// decrypts under its own context into a well-formed record. Then checks that every stored
+/// resource version has its write's record in the trail, which also catches records cut from
+/// the end of the trail, where the chain alone cannot tell.
 pub async fn audit_verify(data_dir: &Path, keyring: &Path) -> anyhow::Result<Verification> {
     let (store, envelope) = open_secure_store(data_dir, keyring, false).await?;
     let key = envelope
         .audit_chain_key(DEFAULT_TENANT)
         .context("the audit chain key is missing")?;
     let mut verifier = fhirwall_audit::ChainVerifier::new(key);
+    let mut audited_writes = std::collections::HashSet::new();
     let mut after = 0u64;
     loop {
         let page = store.audit_scan(after, 1000).await?;
@@ -380,11 +393,18 @@ pub async fn audit_verify(data_dir: &Path, keyring: &Path) -> anyhow::Result<Ver
                 },
                 &record.sealed,
             );
-            let readable = plain
+            let opened = plain
                 .ok()
                 .and_then(|p| serde_json::from_slice::<fhirwall_audit::AuditRecord>(&p).ok())
-                .is_some_and(|r| r.record_id == record.record_id);
-            if !readable {
+                .filter(|r| r.record_id == record.record_id);
+            if let Some(opened) = &opened
+                && opened.kind == fhirwall_audit::EventKind::Rest
+                && opened.outcome == fhirwall_audit::Outcome::Success
+                && matches!(opened.action.as_str(), "C" | "U" | "D")
+            {
+                audited_writes.extend(opened.entities.iter().cloned());
+            }
+            if opened.is_none() {
                 return Ok(Verification::Broken {
                     seq: record.seq,
                     reason: format!(
@@ -394,6 +414,30 @@ pub async fn audit_verify(data_dir: &Path, keyring: &Path) -> anyhow::Result<Ver
                 });
             }
             after = record.seq;
+        }
+    }
+    let mut before = None;
+    loop {
+        let versions = store
+            .history(fhirwall_store::HistoryQuery {
+                tenant: DEFAULT_TENANT.to_string(),
+                resource_type: None,
+                id: None,
+                since_micros: None,
+                before_seq: before,
+                limit: 1000,
+            })
+            .await?;
+        let Some(last) = versions.last() else { break };
+        before = Some(last.seq);
+        for version in &versions {
+            let reference = format!(
+                "{}/{}/_history/{}",
+                version.resource_type, version.id, version.version
+            );
+            if !audited_writes.contains(&reference) {
+                return Ok(Verification::Unaudited { reference });
+            }
         }
     }
     Ok(Verification::Intact {

@@ -199,6 +199,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("audit trail BROKEN at record {seq}: {reason}");
                     Ok(ExitCode::from(2))
                 }
+                Verification::Unaudited { reference } => {
+                    println!(
+                        "audit trail BROKEN: {reference} is stored but its write has no audit record (records were removed)"
+                    );
+                    Ok(ExitCode::from(2))
+                }
             }
         }
     }

@@ -251,6 +251,19 @@ async fn verify_detects_altered_removed_and_reordered_records() {
     .unwrap();
     assert!(server.audit_verify().0);
 
+    // Cut from the end: the chain alone cannot see it, but the write it recorded is stored.
+    conn.execute_batch(
+        "CREATE TEMP TABLE tail AS SELECT * FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log);
+         DELETE FROM audit_log WHERE seq = (SELECT seq FROM tail);",
+    )
+    .unwrap();
+    let (ok, out) = server.audit_verify();
+    assert!(!ok, "{out}");
+    assert!(out.contains("no audit record"), "{out}");
+    conn.execute_batch("INSERT INTO audit_log SELECT * FROM tail;")
+        .unwrap();
+    assert!(server.audit_verify().0);
+
     // Removed: delete record 2.
     conn.execute("DELETE FROM audit_log WHERE seq = 2", [])
         .unwrap();
