@@ -200,6 +200,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     if let Some(ca) = &tls_files.dev_ca {
         println!("development CA certificate: {}", ca.display());
     }
+    println!("keyring: {}", settings.keyring.display());
     tracing::info!(address = %addr, "serving");
     server
         .run(
