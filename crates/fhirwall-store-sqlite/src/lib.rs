@@ -3,6 +3,7 @@
 //! It stores only what it is given (sealed bodies, blind-index terms, sealed audit records);
 //! it must not decrypt, and only this crate knows SQLite.
 
+mod cache;
 mod schema;
 mod writer;
 
@@ -29,6 +30,9 @@ pub struct SqliteStore {
     admin: Mutex<Connection>,
     writer: Mutex<Option<WriterHandle>>,
     sender: std::sync::RwLock<Option<std::sync::mpsc::Sender<Command>>>,
+    /// Current versions published by the writer; consulted only while the writer runs (then
+    /// every write of this database goes through it).
+    cache: Arc<cache::CurrentCache>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -79,6 +83,9 @@ pub(crate) fn insert_key(conn: &Connection, key: &StoredKey) -> Result<(), rusql
     .map(|_| ())
 }
 
+/// Sealed bytes the current-version cache may hold.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 fn poll_briefly(attempt: i32) -> bool {
     std::thread::sleep(std::time::Duration::from_micros(100));
     attempt < 10_000
@@ -98,6 +105,7 @@ impl SqliteStore {
             admin: Mutex::new(admin),
             writer: Mutex::new(None),
             sender: std::sync::RwLock::new(None),
+            cache: Arc::new(cache::CurrentCache::new(CACHE_BYTES)),
         })
     }
 
@@ -120,7 +128,13 @@ impl SqliteStore {
             .map_err(backend)?;
         let mut wal_path = self.path.clone().into_os_string();
         wal_path.push("-wal");
-        let handle = writer::spawn(conn, checkpoint_conn, wal_path.into(), chain)?;
+        let handle = writer::spawn(
+            conn,
+            checkpoint_conn,
+            wal_path.into(),
+            chain,
+            self.cache.clone(),
+        )?;
         let sender = handle.sender.clone();
         *self.writer.lock().map_err(|_| poisoned())? = Some(handle);
         *self.sender.write().map_err(|_| poisoned())? = Some(sender);
@@ -291,6 +305,16 @@ impl Store for SqliteStore {
         resource_type: &'a str,
         id: &'a str,
     ) -> StoreFuture<'a, Option<StoredVersion>> {
+        let writer_running = self.sender.read().map(|s| s.is_some()).unwrap_or(false);
+        let generation = if writer_running {
+            let (hit, generation) = self.cache.get(tenant, resource_type, id);
+            if let Some(version) = hit {
+                return Box::pin(async move { Ok(Some(version)) });
+            }
+            Some(generation)
+        } else {
+            None
+        };
         let result = self.with_reader(|conn| {
             // A sub-select, not a join: with a join SQLite's constant propagation marks the
             // bound parameters as plan-relevant and re-prepares the statement on every use.
@@ -301,6 +325,9 @@ impl Store for SqliteStore {
             .query_row(params![tenant, resource_type, id], row_to_version)
             .optional()
         });
+        if let (Some(generation), Ok(Some(version))) = (generation, &result) {
+            self.cache.fill(version, generation);
+        }
         Box::pin(async move { result })
     }
 

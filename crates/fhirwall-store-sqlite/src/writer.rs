@@ -92,6 +92,7 @@ pub(crate) fn spawn(
     checkpoint_conn: Connection,
     wal_path: std::path::PathBuf,
     chain: ChainFn,
+    cache: Arc<crate::cache::CurrentCache>,
 ) -> Result<WriterHandle, StoreError> {
     let head = conn
         .query_row(
@@ -113,7 +114,7 @@ pub(crate) fn spawn(
     let (sender, receiver) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("fhirwall-writer".into())
-        .spawn(move || run(conn, receiver, chain, head))
+        .spawn(move || run(conn, receiver, chain, head, &cache))
         .map_err(|e| StoreError::Backend(e.to_string()))?;
     let stop_checkpoints = Arc::new(AtomicBool::new(false));
     let stop = stop_checkpoints.clone();
@@ -133,6 +134,7 @@ enum Pending {
     Write(
         Reply<Result<u64, WriteConflict>>,
         Result<Result<u64, WriteConflict>, StoreError>,
+        Option<fhirwall_store::StoredVersion>,
     ),
     Audit(Reply<u64>, Result<u64, StoreError>),
     Jti(Reply<bool>, Result<bool, StoreError>),
@@ -144,6 +146,7 @@ fn run(
     receiver: Receiver<Command>,
     chain: ChainFn,
     mut head: (u64, [u8; 32]),
+    cache: &crate::cache::CurrentCache,
 ) {
     let mut commits: u64 = 0;
     while let Ok(first) = receiver.recv() {
@@ -160,7 +163,13 @@ fn run(
             Ok(pending) => {
                 for item in pending {
                     match item {
-                        Pending::Write(reply, result) => drop(reply.send(result)),
+                        Pending::Write(reply, result, committed) => {
+                            // Published before the answer, so whoever hears of the write reads it.
+                            if let Some(version) = &committed {
+                                cache.publish(version);
+                            }
+                            drop(reply.send(result));
+                        }
                         Pending::Audit(reply, result) => drop(reply.send(result)),
                         Pending::Jti(reply, result) => drop(reply.send(result)),
                         Pending::SaveKey(reply, result) => drop(reply.send(result)),
@@ -173,7 +182,7 @@ fn run(
                 for item in pending {
                     let err = || StoreError::Backend("the commit failed".into());
                     match item {
-                        Pending::Write(reply, _) => drop(reply.send(Err(err()))),
+                        Pending::Write(reply, _, _) => drop(reply.send(Err(err()))),
                         Pending::Audit(reply, _) => drop(reply.send(Err(err()))),
                         Pending::Jti(reply, _) => drop(reply.send(Err(err()))),
                         Pending::SaveKey(reply, _) => drop(reply.send(Err(err()))),
@@ -228,7 +237,14 @@ fn commit_batch(
                 if let Err(e) = &result {
                     failure = Some(StoreError::Backend(e.to_string()));
                 }
-                pending.push(Pending::Write(reply, result));
+                let committed = match &result {
+                    Ok(Ok(seq)) => Some(fhirwall_store::StoredVersion {
+                        seq: *seq,
+                        ..request.version
+                    }),
+                    _ => None,
+                };
+                pending.push(Pending::Write(reply, result, committed));
             }
             Command::Audit(record, reply) => {
                 let result = append_audit(&tx, &record, chain, head);
@@ -277,7 +293,7 @@ fn commit_batch(
 fn failed(command: Command) -> Pending {
     let err = || StoreError::Backend("the transaction did not start".into());
     match command {
-        Command::Write(_, reply) => Pending::Write(reply, Err(err())),
+        Command::Write(_, reply) => Pending::Write(reply, Err(err()), None),
         Command::Audit(_, reply) => Pending::Audit(reply, Err(err())),
         Command::Jti { reply, .. } => Pending::Jti(reply, Err(err())),
         Command::SaveKey(_, reply) => Pending::SaveKey(reply, Err(err())),
