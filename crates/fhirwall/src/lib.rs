@@ -112,21 +112,8 @@ async fn shutdown_signal() {
 /// `fhirwall serve`.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     init_logging(settings.log_json);
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating {}", settings.data_dir.display()))?;
-    let lock_path = settings.data_dir.join("fhirwall.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        bail!(
-            "another fhirwall serves {} already",
-            settings.data_dir.display()
-        );
-    }
+    create_private_dir(&settings.data_dir)?;
+    let lock = lock_data_dir(&settings.data_dir)?;
 
     let (store, mut envelope) =
         open_secure_store(&settings.data_dir, &settings.keyring, true).await?;
@@ -212,6 +199,31 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!("stopping: committing what the writer holds");
     store.shutdown();
     drop(lock);
+    Ok(())
+}
+
+/// Creates the data directory readable by its owner only. The files in it are ciphertext, but
+/// their sizes and times are metadata too. An existing directory that others can read is
+/// reported, not changed: the operator chose it.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            dir = %dir.display(),
+            "the data directory is accessible to group or others; chmod 700 it"
+        );
+    }
     Ok(())
 }
 

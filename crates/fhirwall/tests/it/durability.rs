@@ -154,6 +154,13 @@ async fn raw_files_and_logs_hold_no_patient_data_or_tokens() {
     });
     let created = c.create(&body).await;
     let id = created["id"].as_str().unwrap();
+    // A data directory the server creates is its owner's alone.
+    let private = dir.join("private-data");
+    let private_server = Server::start_in(&private, &[]).await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    drop(private_server);
     // Conditional operations and searches put the identifier in URLs and the audit trail.
     let r = c
         .post("Patient", &body)
