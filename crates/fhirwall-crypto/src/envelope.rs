@@ -133,10 +133,7 @@ impl std::fmt::Debug for Envelope {
 }
 
 fn poisoned() -> CryptoError {
-    CryptoError::Keyring {
-        path: String::new(),
-        reason: "a key lock was poisoned".into(),
-    }
+    CryptoError::Poisoned
 }
 
 impl Envelope {
@@ -184,15 +181,18 @@ impl Envelope {
         Ok(key)
     }
 
-    /// Makes a data key made by [`Envelope::new_data_key`] the one new seals use.
-    pub fn activate_data_key(&self, tenant: &str, key_id: &str) -> Result<(), CryptoError> {
-        let key = self
-            .data_keys
+    fn data_key(&self, key_id: &str) -> Result<Arc<DataKey>, CryptoError> {
+        self.data_keys
             .read()
             .map_err(|_| poisoned())?
             .get(key_id)
             .cloned()
-            .ok_or_else(|| CryptoError::UnknownDataKey(key_id.to_string()))?;
+            .ok_or_else(|| CryptoError::UnknownDataKey(key_id.to_string()))
+    }
+
+    /// Makes a data key made by [`Envelope::new_data_key`] the one new seals use.
+    pub fn activate_data_key(&self, tenant: &str, key_id: &str) -> Result<(), CryptoError> {
+        let key = self.data_key(key_id)?;
         self.active_data_key
             .write()
             .map_err(|_| poisoned())?
@@ -366,13 +366,7 @@ impl Envelope {
         let (nonce, sealed) = rest
             .split_first_chunk::<NONCE_LEN>()
             .ok_or(CryptoError::Malformed)?;
-        let key = self
-            .data_keys
-            .read()
-            .map_err(|_| poisoned())?
-            .get(key_id)
-            .cloned()
-            .ok_or_else(|| CryptoError::UnknownDataKey(key_id.to_string()))?;
+        let key = self.data_key(key_id)?;
         let key = &key.key;
         let mut buf = sealed.to_vec();
         let plain_len = key

@@ -30,6 +30,8 @@ pub enum CryptoError {
     KeyGeneration,
     #[error("the data key reached its encryption limit and no new key is active yet")]
     KeyExhausted,
+    #[error("a thread panicked while holding the data keys")]
+    Poisoned,
 }
 
 /// Fills `buf` from the operating system's CSPRNG: the one door for randomness.

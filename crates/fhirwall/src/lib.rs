@@ -15,7 +15,9 @@ use fhirwall_store_sqlite::SqliteStore;
 pub use config::{ServeArgs, Settings};
 
 const DATABASE_FILE: &str = "fhirwall.db";
-const PURPOSES: &[&str] = &["data", "audit-chain", "blind-index", "token-signing"];
+/// Keys every store holds from its first start. Data keys are made by `serve` (a fresh one at each
+/// start) and by `keys rotate`.
+const PURPOSES: &[&str] = &["audit-chain", "blind-index", "token-signing"];
 
 /// A key as the store keeps it (the store never sees it unwrapped).
 fn to_stored(key: &WrappedDataKey) -> StoredKey {

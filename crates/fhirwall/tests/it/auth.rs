@@ -416,18 +416,9 @@ async fn serve_jwks(dir: &std::path::Path, jwks: String) -> JwksHost {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
+    let pki = crate::support::test_pki();
     let ca_path = dir.join("jwks-ca.pem");
-    std::fs::write(&ca_path, ca.pem()).unwrap();
+    std::fs::write(&ca_path, &pki.ca_pem).unwrap();
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -435,8 +426,8 @@ async fn serve_jwks(dir: &std::path::Path, jwks: String) -> JwksHost {
     .unwrap()
     .with_no_client_auth()
     .with_single_cert(
-        vec![cert.der().clone()],
-        rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        vec![pki.cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::try_from(pki.key.serialize_der()).unwrap(),
     )
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));

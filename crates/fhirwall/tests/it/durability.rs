@@ -55,10 +55,7 @@ async fn acknowledged_writes_survive_kill_9() {
     let dir = server.data_dir.clone();
     let restarted = Server::start_in(&dir, &[]).await;
     let c2 = restarted.client("system/*.rs").await;
-    for id in &acknowledged {
-        let r = c2.get(&format!("Patient/{id}")).send().await.unwrap();
-        assert_eq!(r.status(), 200, "acknowledged write {id} was lost");
-    }
+    crate::support::assert_patients_readable(&c2, &acknowledged).await;
     drop(restarted);
     let (ok, out) = server.audit_verify();
     assert!(ok, "{out}");
@@ -99,16 +96,7 @@ async fn sigterm_finishes_in_flight_requests() {
     let dir = server.data_dir.clone();
     let restarted = Server::start_in(&dir, &[]).await;
     let c2 = restarted.client("system/*.rs").await;
-    for id in &acknowledged {
-        assert_eq!(
-            c2.get(&format!("Patient/{id}"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
-    }
+    crate::support::assert_patients_readable(&c2, &acknowledged).await;
 }
 
 fn files_contain(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
@@ -275,6 +263,17 @@ async fn key_rotation_keeps_old_data_readable_and_encrypts_new_data_under_new_ke
         "rotation refuses to run beside a live server"
     );
     assert!(server.terminate());
+    let data_keys = |dir: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(dir.join("fhirwall.db"))
+            .unwrap()
+            .query_row(
+                "SELECT COUNT(*) FROM wrapped_keys WHERE purpose = 'data'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let data_keys_before = data_keys(&server.data_dir);
     let out = rotate(&server.data_dir);
     assert!(
         out.status.success(),
@@ -285,6 +284,24 @@ async fn key_rotation_keeps_old_data_readable_and_encrypts_new_data_under_new_ke
         serde_json::from_slice(&std::fs::read(server.data_dir.join("keyring.json")).unwrap())
             .unwrap();
     assert_eq!(keyring["keks"].as_object().unwrap().len(), 2);
+    // Every stored key is now wrapped by the new KEK, and a new data key was added.
+    let conn = rusqlite::Connection::open(server.data_dir.join("fhirwall.db")).unwrap();
+    let wrapping: Vec<String> = conn
+        .prepare("SELECT DISTINCT kek_id FROM wrapped_keys")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        wrapping,
+        vec![keyring["active"].as_str().unwrap().to_string()]
+    );
+    assert_eq!(
+        data_keys(&server.data_dir),
+        data_keys_before + 1,
+        "rotation adds a data key"
+    );
 
     let dir = server.data_dir.clone();
     let restarted = Server::start_in(&dir, &[]).await;
@@ -344,16 +361,7 @@ async fn data_keys_rotate_automatically_before_their_limit() {
     drop(server);
     let restarted = Server::start_in(&dir, &[]).await;
     let c2 = restarted.client("system/*.rs").await;
-    for id in &ids {
-        assert_eq!(
-            c2.get(&format!("Patient/{id}"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
-    }
+    crate::support::assert_patients_readable(&c2, &ids).await;
     drop(restarted);
     let out = std::process::Command::new(BIN)
         .args(["audit", "verify", "--data-dir"])

@@ -286,21 +286,7 @@ async fn a_trickled_body_times_out_with_408() {
     let server = Server::start_in(&dir, &["--body-read-timeout-secs", "1"]).await;
     let c = server.client("system/*.cruds").await;
     let ca = std::fs::read(dir.join("tls/ca.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
-            &ca,
-        )
-    {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = crate::support::client_tls(&ca);
     let port: u16 = server.origin.rsplit(':').next().unwrap().parse().unwrap();
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await

@@ -625,21 +625,7 @@ async fn negotiation_summary_elements_and_metadata() {
     assert!(r.headers().contains_key("x-request-id"));
     // And HTTP/1.1 for clients that do not offer h2.
     let ca = std::fs::read(server.data_dir.join("tls/ca.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
-            &ca,
-        )
-    {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = crate::support::client_tls(&ca);
     let http1 = reqwest::Client::builder()
         .tls_backend_preconfigured(config)
         .http1_only()

@@ -34,20 +34,66 @@ pub struct Server {
     owns_dir: bool,
 }
 
-pub fn http_client(ca_pem: &[u8]) -> reqwest::Client {
+/// A TLS client configuration trusting only the CA certificates in `ca_pem`.
+pub fn client_tls(ca_pem: &[u8]) -> rustls::ClientConfig {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_no_client_auth()
+}
+
+/// A test CA and a certificate for 127.0.0.1 it signed.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub cert: rcgen::Certificate,
+    pub key: rcgen::KeyPair,
+}
+
+pub fn test_pki() -> TestPki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Fhirwall test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    TestPki {
+        ca_pem: ca.pem(),
+        cert,
+        key,
+    }
+}
+
+/// Asserts that every id names a readable Patient.
+pub async fn assert_patients_readable(c: &Client, ids: &[String]) {
+    for id in ids {
+        let status = c
+            .get(&format!("Patient/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "Patient/{id} is not readable");
+    }
+}
+
+pub fn http_client(ca_pem: &[u8]) -> reqwest::Client {
+    let mut config = client_tls(ca_pem);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     reqwest::Client::builder()
         .tls_backend_preconfigured(config)

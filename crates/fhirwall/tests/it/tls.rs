@@ -73,23 +73,11 @@ async fn only_modern_tls_is_served() {
 #[tokio::test]
 async fn operators_can_bring_their_own_certificate() {
     let dir = crate::support::fresh_dir();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Operator test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
+    let pki = crate::support::test_pki();
     let cert_path = dir.join("operator.pem");
     let key_path = dir.join("operator.key");
-    std::fs::write(&cert_path, format!("{}{}", cert.pem(), ca.pem())).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(&cert_path, format!("{}{}", pki.cert.pem(), pki.ca_pem)).unwrap();
+    std::fs::write(&key_path, pki.key.serialize_pem()).unwrap();
     let cert_arg = cert_path.display().to_string();
     let key_arg = key_path.display().to_string();
     let mut server =
@@ -98,7 +86,7 @@ async fn operators_can_bring_their_own_certificate() {
         !dir.join("tls/ca.pem").exists(),
         "no development CA when the operator brings one"
     );
-    let client = crate::support::http_client(ca.pem().as_bytes());
+    let client = crate::support::http_client(pki.ca_pem.as_bytes());
     let r = client
         .get(server.url("/fhir/metadata"))
         .send()
