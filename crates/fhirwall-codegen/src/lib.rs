@@ -1,10 +1,12 @@
 //! fhirwall-codegen: generates `fhirwall-model`'s tables from the FHIR R4 core package; it must not be a dependency of the server (dev-dependency only).
 //!
-//! [`generate`] reads `hl7.fhir.r4.core-4.0.1.tgz` and returns the files of
-//! `crates/fhirwall-model/src/generated/`; [`stale_files`] and [`write_files`] compare them with,
-//! or write them to, a directory. The output is deterministic and already rustfmt-clean, so no
-//! rustfmt is needed to produce or check it.
+//! [`generate`] reads `hl7.fhir.r4.core-4.0.1.tgz` and returns the generated files
+//! (`crates/fhirwall-model/src/generated/` and `crates/fhirwall-definitions/data/`, paths relative
+//! to the workspace root); [`stale_files`] and [`write_files`] compare them with, or write them
+//! into, a workspace. The output is deterministic and already rustfmt-clean, so no rustfmt is
+//! needed to produce or check it.
 
+mod definitions;
 mod emit;
 mod model;
 mod package;
@@ -27,35 +29,43 @@ pub fn default_package_path() -> PathBuf {
     workspace_root().join("../shared/fhir-r4/hl7.fhir.r4.core-4.0.1.tgz")
 }
 
-/// Where the generated files go: `crates/fhirwall-model/src/generated` in the workspace.
-pub fn default_out_dir() -> PathBuf {
-    workspace_root().join("crates/fhirwall-model/src/generated")
-}
+/// The directories the generator owns, relative to the workspace root: a file there that it
+/// would not write counts as stale.
+const GENERATED_DIRS: &[&str] = &[MODEL_DIR, definitions::DATA_DIR];
 
-/// Reads the package at `package_path` and returns `(file name, contents)` for every generated
-/// file, file names relative to the output directory, in a fixed order.
+/// Where `fhirwall-model`'s generated Rust tables go.
+const MODEL_DIR: &str = "crates/fhirwall-model/src/generated";
+
+/// Reads the package at `package_path` and returns `(path, contents)` for every generated file,
+/// paths relative to the workspace root, in a fixed order.
 pub fn generate(package_path: &Path) -> Result<Vec<(String, String)>> {
     let package = package::read_package(package_path)?;
     let model = model::build(&package)
         .with_context(|| format!("unexpected content in {}", package_path.display()))?;
+    let data = definitions::data_json(&package)
+        .with_context(|| format!("unexpected content in {}", package_path.display()))?;
     Ok(vec![
         (
-            emit::MOD_FILE.to_owned(),
+            format!("{}/{}", MODEL_DIR, emit::MOD_FILE),
             emit::mod_rs(&model, &package.name, &package.version),
         ),
         (
-            emit::SEARCH_PARAMS_FILE.to_owned(),
+            format!("{}/{}", MODEL_DIR, emit::SEARCH_PARAMS_FILE),
             emit::search_params_rs(&model, &package.name, &package.version),
+        ),
+        (
+            format!("{}/{}", definitions::DATA_DIR, definitions::DATA_FILE),
+            data,
         ),
     ])
 }
 
-/// The files in `out_dir` that differ from `files`: missing or different ones, and `.rs` files
-/// the generator would not write. Empty when the directory is fresh.
-pub fn stale_files(out_dir: &Path, files: &[(String, String)]) -> Result<Vec<String>> {
+/// The files under `root` that differ from `files`: missing or different ones, and files in the
+/// generated directories the generator would not write. Empty when the workspace is fresh.
+pub fn stale_files(root: &Path, files: &[(String, String)]) -> Result<Vec<String>> {
     let mut stale = Vec::new();
     for (name, contents) in files {
-        let path = out_dir.join(name);
+        let path = root.join(name);
         match fs::read_to_string(&path) {
             Ok(existing) if existing == *contents => {}
             Ok(_) => stale.push(format!("{name} (differs)")),
@@ -67,33 +77,39 @@ pub fn stale_files(out_dir: &Path, files: &[(String, String)]) -> Result<Vec<Str
             }
         }
     }
-    match fs::read_dir(out_dir) {
-        Ok(entries) => {
-            let mut extra = Vec::new();
-            for entry in entries {
-                let name = entry?.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".rs") && !files.iter().any(|(known, _)| *known == name) {
-                    extra.push(format!("{name} (not generated)"));
+    for dir in GENERATED_DIRS {
+        let out_dir = root.join(dir);
+        match fs::read_dir(&out_dir) {
+            Ok(entries) => {
+                let mut extra = Vec::new();
+                for entry in entries {
+                    let name = format!("{dir}/{}", entry?.file_name().to_string_lossy());
+                    if !files.iter().any(|(known, _)| *known == name) {
+                        extra.push(format!("{name} (not generated)"));
+                    }
                 }
+                extra.sort();
+                stale.extend(extra);
             }
-            extra.sort();
-            stale.extend(extra);
-        }
-        Err(error) if error.kind() == ErrorKind::NotFound => {}
-        Err(error) => {
-            return Err(error).with_context(|| format!("cannot list {}", out_dir.display()));
+            Err(error) if error.kind() == ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot list {}", out_dir.display()));
+            }
         }
     }
     Ok(stale)
 }
 
-/// Writes `files` into `out_dir` (created if needed), leaving files whose contents are already
-/// right untouched. Returns the names of the files written.
-pub fn write_files(out_dir: &Path, files: &[(String, String)]) -> Result<Vec<String>> {
-    fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+/// Writes `files` under `root` (directories created if needed), leaving files whose contents are
+/// already right untouched. Returns the names of the files written.
+pub fn write_files(root: &Path, files: &[(String, String)]) -> Result<Vec<String>> {
     let mut written = Vec::new();
     for (name, contents) in files {
-        let path = out_dir.join(name);
+        let path = root.join(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
         if fs::read_to_string(&path).is_ok_and(|existing| existing == *contents) {
             continue;
         }
@@ -198,6 +214,8 @@ mod tests {
             assert!(
                 contents.starts_with(
                     "//! GENERATED by fhirwall-codegen from hl7.fhir.r4.core 4.0.1 (package/"
+                ) || contents.starts_with(
+                    "{\"generated\":\"GENERATED by fhirwall-codegen from hl7.fhir.r4.core 4.0.1 (package/"
                 ),
                 "{name}"
             );

@@ -1,4 +1,4 @@
-//! The `fhirwall-codegen` command: writes or checks `crates/fhirwall-model/src/generated`; it must only ever write inside the chosen output directory.
+//! The `fhirwall-codegen` command: writes or checks the generated files of the workspace; it must only ever write those files.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,19 +6,20 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 
 const USAGE: &str = "\
-usage: fhirwall-codegen [--package PATH_TO_TGZ] [--out DIR] [--check]
+usage: fhirwall-codegen [--package PATH_TO_TGZ] [--root DIR] [--check]
 
   --package PATH  the FHIR core package (default: ../shared/fhir-r4/hl7.fhir.r4.core-4.0.1.tgz
                   relative to the workspace root)
-  --out DIR       where the generated files go (default: crates/fhirwall-model/src/generated
-                  in the workspace)
+  --root DIR      the workspace the generated files go into (default: this workspace);
+                  they are crates/fhirwall-model/src/generated/*.rs and
+                  crates/fhirwall-definitions/data/r4-core.json
   --check         compare instead of writing; exit 1 naming the stale files
 
 Exit status: 0 done (or fresh), 1 stale (with --check), 2 error.";
 
 struct Options {
     package: PathBuf,
-    out: PathBuf,
+    root: PathBuf,
     check: bool,
 }
 
@@ -30,7 +31,7 @@ enum Parsed {
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed> {
     let mut options = Options {
         package: fhirwall_codegen::default_package_path(),
-        out: fhirwall_codegen::default_out_dir(),
+        root: fhirwall_codegen::workspace_root(),
         check: false,
     };
     while let Some(arg) = args.next() {
@@ -38,7 +39,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed> {
             "--package" => {
                 options.package = args.next().context("--package needs a path")?.into();
             }
-            "--out" => options.out = args.next().context("--out needs a directory")?.into(),
+            "--root" => options.root = args.next().context("--root needs a directory")?.into(),
             "--check" => options.check = true,
             "-h" | "--help" => return Ok(Parsed::Help),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
@@ -67,26 +68,26 @@ fn run() -> Result<ExitCode> {
     };
     let files = fhirwall_codegen::generate(&options.package)?;
     if options.check {
-        let stale = fhirwall_codegen::stale_files(&options.out, &files)?;
+        let stale = fhirwall_codegen::stale_files(&options.root, &files)?;
         if stale.is_empty() {
-            println!("{} is up to date", options.out.display());
+            println!("{} is up to date", options.root.display());
             return Ok(ExitCode::SUCCESS);
         }
         eprintln!(
             "{} is stale; run `cargo run -p fhirwall-codegen`:",
-            options.out.display()
+            options.root.display()
         );
         for name in stale {
             eprintln!("  {name}");
         }
         return Ok(ExitCode::FAILURE);
     }
-    let written = fhirwall_codegen::write_files(&options.out, &files)?;
+    let written = fhirwall_codegen::write_files(&options.root, &files)?;
     if written.is_empty() {
-        println!("{} already up to date", options.out.display());
+        println!("{} already up to date", options.root.display());
     } else {
         for name in written {
-            println!("wrote {}", options.out.join(name).display());
+            println!("wrote {}", options.root.join(name).display());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -26,6 +26,10 @@ pub struct Package {
     pub search_parameters: BTreeMap<String, Value>,
     /// `package/CompartmentDefinition-patient.json`.
     pub patient_compartment: Value,
+    /// `package/ValueSet-*.json`, keyed by file name.
+    pub value_sets: BTreeMap<String, Value>,
+    /// `package/CodeSystem-*.json`, keyed by file name.
+    pub code_systems: BTreeMap<String, Value>,
 }
 
 /// Which of the package's top-level files we keep.
@@ -34,6 +38,8 @@ enum Wanted {
     StructureDefinition,
     SearchParameter,
     PatientCompartment,
+    ValueSet,
+    CodeSystem,
 }
 
 fn classify(file_name: &str) -> Option<Wanted> {
@@ -45,6 +51,10 @@ fn classify(file_name: &str) -> Option<Wanted> {
         Some(Wanted::StructureDefinition)
     } else if file_name.ends_with(".json") && file_name.starts_with("SearchParameter-") {
         Some(Wanted::SearchParameter)
+    } else if file_name.ends_with(".json") && file_name.starts_with("ValueSet-") {
+        Some(Wanted::ValueSet)
+    } else if file_name.ends_with(".json") && file_name.starts_with("CodeSystem-") {
+        Some(Wanted::CodeSystem)
     } else {
         None
     }
@@ -61,6 +71,8 @@ pub fn read_package(path: &Path) -> Result<Package> {
     let mut patient_compartment: Option<Value> = None;
     let mut structure_definitions = BTreeMap::new();
     let mut search_parameters = BTreeMap::new();
+    let mut value_sets = BTreeMap::new();
+    let mut code_systems = BTreeMap::new();
 
     let entries = archive
         .entries()
@@ -89,6 +101,8 @@ pub fn read_package(path: &Path) -> Result<Package> {
             Wanted::PatientCompartment => patient_compartment.replace(value).is_some(),
             Wanted::StructureDefinition => structure_definitions.insert(file_name, value).is_some(),
             Wanted::SearchParameter => search_parameters.insert(file_name, value).is_some(),
+            Wanted::ValueSet => value_sets.insert(file_name, value).is_some(),
+            Wanted::CodeSystem => code_systems.insert(file_name, value).is_some(),
         };
         if duplicate {
             bail!("{entry_path} appears twice in {}", path.display());
@@ -129,5 +143,7 @@ pub fn read_package(path: &Path) -> Result<Package> {
         structure_definitions,
         search_parameters,
         patient_compartment,
+        value_sets,
+        code_systems,
     })
 }
