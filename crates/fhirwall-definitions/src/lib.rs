@@ -353,6 +353,24 @@ impl Definitions {
         self.by_url.get(canonical_without_version(url))
     }
 
+    /// The embedded (pruned) StructureDefinition JSON for a canonical URL. Parses the embedded
+    /// data again, so it is for rare uses such as building a snapshot for an uploaded profile.
+    pub fn core_structure_json(&self, url: &str) -> Option<Value> {
+        let url = canonical_without_version(url);
+        let mut data: Value = serde_json::from_str(CORE_DATA).ok()?;
+        for field in ["structureDefinitions", "profiles"] {
+            if let Some(Value::Array(items)) = data.get_mut(field) {
+                if let Some(position) = items
+                    .iter()
+                    .position(|sd| sd.get("url").and_then(Value::as_str) == Some(url))
+                {
+                    return Some(items.swap_remove(position));
+                }
+            }
+        }
+        None
+    }
+
     /// The core's profiles and extension definitions.
     pub fn core_profiles(&self) -> impl Iterator<Item = &Arc<StructureDef>> {
         self.profiles.values()
