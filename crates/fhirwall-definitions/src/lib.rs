@@ -359,13 +359,12 @@ impl Definitions {
         let url = canonical_without_version(url);
         let mut data: Value = serde_json::from_str(CORE_DATA).ok()?;
         for field in ["structureDefinitions", "profiles"] {
-            if let Some(Value::Array(items)) = data.get_mut(field) {
-                if let Some(position) = items
+            if let Some(Value::Array(items)) = data.get_mut(field)
+                && let Some(position) = items
                     .iter()
                     .position(|sd| sd.get("url").and_then(Value::as_str) == Some(url))
-                {
-                    return Some(items.swap_remove(position));
-                }
+            {
+                return Some(items.swap_remove(position));
             }
         }
         None
