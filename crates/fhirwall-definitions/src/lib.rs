@@ -7,6 +7,7 @@
 //! time. On top of the snapshots sits the type model that FHIRPath, validation and XML share:
 //! [`TypeInfo`] for each type and each backbone element, with its children in document order.
 
+mod snapshot;
 mod structure;
 mod valueset;
 
@@ -15,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 
+pub use snapshot::{SnapshotError, generate_snapshot};
 pub use structure::{
     Binding, BindingStrength, Constraint, Derivation, Discriminator, DiscriminatorType, ElementDef,
     Kind, Max, Severity, Slicing, SlicingRules, StructureDef, TypeRef, canonical_without_version,
@@ -353,21 +355,18 @@ impl Definitions {
         self.by_url.get(canonical_without_version(url))
     }
 
-    /// The embedded (pruned) StructureDefinition JSON for a canonical URL. Parses the embedded
-    /// data again, so it is for rare uses such as building a snapshot for an uploaded profile.
+    /// The embedded (pruned) StructureDefinition JSON for a canonical URL, for rare uses such as
+    /// building a snapshot for an uploaded profile. The generated file holds one
+    /// StructureDefinition per line, each starting with its resourceType and url, so only that
+    /// line is parsed.
     pub fn core_structure_json(&self, url: &str) -> Option<Value> {
         let url = canonical_without_version(url);
-        let mut data: Value = serde_json::from_str(CORE_DATA).ok()?;
-        for field in ["structureDefinitions", "profiles"] {
-            if let Some(Value::Array(items)) = data.get_mut(field)
-                && let Some(position) = items
-                    .iter()
-                    .position(|sd| sd.get("url").and_then(Value::as_str) == Some(url))
-            {
-                return Some(items.swap_remove(position));
-            }
-        }
-        None
+        let quoted = Value::String(url.to_owned()).to_string();
+        let needle = format!("\n{{\"resourceType\":\"StructureDefinition\",\"url\":{quoted},");
+        let start = CORE_DATA.find(&needle)? + 1;
+        let rest = CORE_DATA.get(start..)?;
+        let line = rest.split('\n').next()?;
+        serde_json::from_str(line.trim_end_matches(',')).ok()
     }
 
     /// The core's profiles and extension definitions.
@@ -518,6 +517,19 @@ mod tests {
         assert!(
             defs.structure_by_url("http://hl7.org/fhir/StructureDefinition/vitalsigns")
                 .is_some()
+        );
+        for url in [
+            "http://hl7.org/fhir/StructureDefinition/Patient",
+            "http://hl7.org/fhir/StructureDefinition/vitalsigns|4.0.1",
+            "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
+        ] {
+            let json = defs.core_structure_json(url).unwrap();
+            assert_eq!(json["url"], canonical_without_version(url));
+            assert!(StructureDef::from_json(&json).is_ok());
+        }
+        assert!(
+            defs.core_structure_json("http://example.org/nope")
+                .is_none()
         );
     }
 }
