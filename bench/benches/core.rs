@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of the in-process costs of one request body: strict JSON parse of
-//! the ~3 KB Patient, its serialization, and AES-256-GCM seal and open through the envelope.
+//! the ~3 KB Patient, its serialization, validation against the definitions, FHIR XML both
+//! ways, and AES-256-GCM seal and open through the envelope.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -69,6 +70,38 @@ fn benches(c: &mut Criterion) -> Result<(), Box<dyn std::error::Error>> {
     group.throughput(Throughput::Bytes(observation.len() as u64));
     group.bench_function("parse_strict", |b| {
         b.iter(|| parse_strict(black_box(&observation), JsonLimits::default()))
+    });
+    group.finish();
+
+    // Validation and XML, next to the parse they are added to.
+    let definitions = fhirwall_definitions::Definitions::core();
+    let validator = fhirwall_validation::Validator::new(definitions);
+    let options = fhirwall_validation::ValidateOptions::default();
+    let observation_value = parse_strict(&observation, JsonLimits::default())?;
+    for (name, resource) in [("patient", &value), ("observation", &observation_value)] {
+        let outcome = validator.validate(resource, &options);
+        if !outcome.is_valid() {
+            return Err(format!("the bench {name} is invalid: {:?}", outcome.issues).into());
+        }
+    }
+    let mut group = c.benchmark_group("validate");
+    group.bench_function("patient", |b| {
+        b.iter(|| validator.validate(black_box(&value), &options))
+    });
+    group.bench_function("observation", |b| {
+        b.iter(|| validator.validate(black_box(&observation_value), &options))
+    });
+    group.finish();
+
+    let xml = fhirwall_xml::json_to_xml(&value, definitions, false)?;
+    let limits = fhirwall_xml::XmlLimits::default();
+    let mut group = c.benchmark_group("xml");
+    group.throughput(Throughput::Bytes(xml.len() as u64));
+    group.bench_function("patient_json_to_xml", |b| {
+        b.iter(|| fhirwall_xml::json_to_xml(black_box(&value), definitions, false))
+    });
+    group.bench_function("patient_xml_to_json", |b| {
+        b.iter(|| fhirwall_xml::xml_to_json(black_box(xml.as_bytes()), definitions, &limits))
     });
     group.finish();
 

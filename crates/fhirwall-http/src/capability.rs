@@ -49,6 +49,10 @@ pub(crate) fn capability_statement(state: &AppState) -> Value {
             "conditionalUpdate": true,
             "conditionalDelete": "single",
             "searchParam": search_params,
+            "operation": [{
+                "name": "validate",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"
+            }],
         }));
     }
     json!({
@@ -60,7 +64,7 @@ pub(crate) fn capability_statement(state: &AppState) -> Value {
         "software": {"name": "Fhirwall", "version": env!("CARGO_PKG_VERSION")},
         "implementation": {"description": "Fhirwall FHIR server", "url": base},
         "fhirVersion": fhirwall_model::generated::FHIR_VERSION,
-        "format": ["application/fhir+json", "json"],
+        "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",

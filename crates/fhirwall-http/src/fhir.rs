@@ -28,7 +28,7 @@ use serde_json::{Map, Value, json};
 
 use crate::audit_trail::{self, AuditDetail, Requester, format_instant};
 use crate::error::ApiError;
-use crate::negotiate::{self, ReturnPreference};
+use crate::negotiate::{self, Format, ReturnPreference};
 use crate::server::RequestId;
 use crate::state::AppState;
 
@@ -78,6 +78,8 @@ enum Interaction {
     HistoryType(ResourceType),
     HistoryInstance(ResourceType, String),
     HistorySystem,
+    /// `$validate` at type level (None) or instance level.
+    Validate(ResourceType, Option<String>),
 }
 
 impl Interaction {
@@ -93,6 +95,7 @@ impl Interaction {
             Interaction::HistoryType(..) => "history-type",
             Interaction::HistoryInstance(..) => "history-instance",
             Interaction::HistorySystem => "history-system",
+            Interaction::Validate(..) => "validate",
         }
     }
 
@@ -105,7 +108,8 @@ impl Interaction {
             Interaction::Delete(..) | Interaction::ConditionalDelete(..) => "D",
             Interaction::SearchType(..)
             | Interaction::HistoryType(..)
-            | Interaction::HistorySystem => "E",
+            | Interaction::HistorySystem
+            | Interaction::Validate(..) => "E",
             _ => "R",
         }
     }
@@ -122,7 +126,8 @@ impl Interaction {
             | Interaction::ConditionalUpdate(t)
             | Interaction::ConditionalDelete(t)
             | Interaction::HistoryType(t)
-            | Interaction::HistoryInstance(t, _) => Some(t),
+            | Interaction::HistoryInstance(t, _)
+            | Interaction::Validate(t, _) => Some(t),
             Interaction::HistorySystem => None,
         }
     }
@@ -144,6 +149,10 @@ impl Interaction {
             }
             Interaction::ConditionalUpdate(..) => vec![Perm::Update, Perm::Search],
             Interaction::ConditionalDelete(..) => vec![Perm::Delete, Perm::Search],
+            // Validating a proposed resource reads nothing stored; asking about an existing
+            // one (mode update or delete) tells whether it exists.
+            Interaction::Validate(_, None) => vec![Perm::Create],
+            Interaction::Validate(_, Some(_)) => vec![Perm::Read],
         }
     }
 }
@@ -229,24 +238,31 @@ pub(crate) async fn entry(
         raw_query: uri.query().map(str::to_string),
     };
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    // A format the client cannot take is refused (406) inside `serve`, after authentication
+    // and with an audit record; until then answers (401s among them) are JSON.
+    let format =
+        negotiate::response_format(&call.headers, call.param("_format")).unwrap_or(Format::Json);
+    let pretty = call.pretty();
     // Discovery answers without a token.
-    match (call.method.clone(), segs.as_slice()) {
+    let response = match (call.method.clone(), segs.as_slice()) {
         (http::Method::GET, ["metadata"]) => {
-            if let Err(e) = negotiate::check_accept(&call.headers, call.param("_format")) {
-                return e.into_response_with(&request_id.0);
+            match negotiate::response_format(&call.headers, call.param("_format")) {
+                Err(e) => e.into_response_with(&request_id.0),
+                Ok(_) => {
+                    let body = crate::capability::capability_statement(&call.state);
+                    fhir_json(StatusCode::OK, &body, pretty)
+                }
             }
-            let body = crate::capability::capability_statement(&call.state);
-            return fhir_json(StatusCode::OK, &body, call.pretty());
         }
         (http::Method::GET, [".well-known", "smart-configuration"]) => {
             return crate::auth::smart_configuration(State(call.state.clone())).await;
         }
-        _ => {}
-    }
-    match serve(call, &segs, body).await {
-        Ok(response) => response,
-        Err(error) => error.into_response_with(&request_id.0),
-    }
+        _ => match serve(call, &segs, body).await {
+            Ok(response) => response,
+            Err(error) => error.into_response_with(&request_id.0),
+        },
+    };
+    crate::formats::into_format(response, format, pretty, &request_id.0).await
 }
 
 fn parse_type(name: &str) -> Result<ResourceType, ApiError> {
@@ -312,6 +328,11 @@ fn route(method: &http::Method, segs: &[&str]) -> Result<Interaction, ApiError> 
             }
         }
         [t, "_history"] if *method == M::GET => Interaction::HistoryType(parse_type(t)?),
+        [t, "$validate"] if *method == M::POST => Interaction::Validate(parse_type(t)?, None),
+        [t, id, "$validate"] if *method == M::POST || *method == M::GET => {
+            Interaction::Validate(parse_type(t)?, Some(parse_id(id)?))
+        }
+        [_, "$validate"] | [_, _, "$validate"] => return Err(method_not_allowed()),
         [t, "_search"] => {
             let _ = parse_type(t)?;
             return Err(ApiError::new(
@@ -365,6 +386,7 @@ async fn serve(mut call: Call, segs: &[&str], body: Body) -> Result<Response, Ap
     if let Some(t) = interaction.resource_type() {
         match &interaction {
             Interaction::Read(_, id)
+            | Interaction::Validate(_, Some(id))
             | Interaction::Update(_, id)
             | Interaction::Patch(_, id)
             | Interaction::Delete(_, id)
@@ -377,9 +399,9 @@ async fn serve(mut call: Call, segs: &[&str], body: Body) -> Result<Response, Ap
     }
     let result = match check_scopes(&claims, &interaction, &call.headers) {
         Err(e) => Err(Failed::from(e)),
-        Ok(()) => match negotiate::check_accept(&call.headers, call.param("_format")) {
+        Ok(()) => match negotiate::response_format(&call.headers, call.param("_format")) {
             Err(e) => Err(Failed::from(e)),
-            Ok(()) => {
+            Ok(_) => {
                 if interaction.resource_type().map(ResourceType::as_str) == Some("AuditEvent") {
                     crate::audit_api::audit_event_api(
                         &call.state,
@@ -513,6 +535,7 @@ async fn run(
         Interaction::HistoryType(t) => history(call, Some(t), None).await,
         Interaction::HistoryInstance(t, id) => history(call, Some(t), Some(id)).await,
         Interaction::HistorySystem => history(call, None, None).await,
+        Interaction::Validate(t, id) => validate_operation(call, t, id.as_deref(), body).await,
     }
 }
 
@@ -623,6 +646,14 @@ fn parse_json(call: &Call, bytes: &[u8]) -> Result<Value, ApiError> {
     })
 }
 
+/// Parses a FHIR JSON or FHIR XML body into the JSON tree the server works on.
+fn parse_body(call: &Call, bytes: &[u8], format: Format) -> Result<Value, ApiError> {
+    match format {
+        Format::Json => parse_json(call, bytes),
+        Format::Xml => crate::formats::parse_xml(bytes, &call.state.inner.limits),
+    }
+}
+
 /// Parses and checks a resource body for `resource_type`: an object, the right resourceType,
 /// a well-formed id if any, and a meta that is an object if present.
 async fn read_resource(
@@ -630,9 +661,9 @@ async fn read_resource(
     resource_type: &ResourceType,
     body: Body,
 ) -> Result<Map<String, Value>, ApiError> {
-    negotiate::check_content_type(&call.headers, false)?;
+    let format = negotiate::check_content_type(&call.headers, false)?;
     let bytes = read_body(call, body).await?;
-    let value = parse_json(call, &bytes)?;
+    let value = parse_body(call, &bytes, format)?;
     let Value::Object(map) = value else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -1157,8 +1188,20 @@ struct Written {
 /// Seals the version and its audit record and hands both to the store in one write.
 async fn commit(call: &Call, new: NewVersion) -> Result<Result<Written, WriteConflict>, ApiError> {
     let micros = call.state.inner.clock.now_micros();
+    let validation = &call.state.inner.validation;
+    let is_structure_definition = new.resource_type.as_str() == "StructureDefinition";
+    let mut profile = None;
     let (stored, terms, patients) = match new.body {
         Some(map) => {
+            // Nothing is sealed, stored or audited as written unless it is valid.
+            let unstamped = Value::Object(map);
+            validation.check_write(&unstamped, new.method == Method::Patch)?;
+            if is_structure_definition {
+                profile = validation.prepare_profile(&unstamped)?;
+            }
+            let Value::Object(map) = unstamped else {
+                return Err(ApiError::internal());
+            };
             let value = stamp(map, &new.resource_type, &new.id, new.version, micros);
             let terms = identifier_terms(call, &new.resource_type, &value);
             let patients = patients_of(&new.resource_type, &new.id, &value);
@@ -1239,6 +1282,12 @@ async fn commit(call: &Call, new: NewVersion) -> Result<Result<Written, WriteCon
             audit,
         })
         .await?;
+    if outcome.is_ok() && is_structure_definition {
+        match profile {
+            Some(profile) => validation.register(&new.id, profile),
+            None => validation.unregister(&new.id),
+        }
+    }
     Ok(outcome.map(|_| Written {
         version: new.version,
         micros,
@@ -2077,4 +2126,204 @@ async fn history(
         response: fhir_json(StatusCode::OK, &bundle, call.pretty()),
         audit: Some(detail),
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// $validate
+
+/// What `$validate` was asked: a resource (or none for mode delete), a mode, profiles.
+struct ValidateRequest {
+    resource: Option<Value>,
+    mode: Option<String>,
+    profiles: Vec<String>,
+}
+
+/// Reads `$validate`'s inputs from the query and the body: either the resource itself or a
+/// Parameters resource with `resource`, `mode` and `profile`.
+async fn validate_request(
+    call: &Call,
+    resource_type: &ResourceType,
+    body: Body,
+) -> Result<ValidateRequest, ApiError> {
+    let mut request = ValidateRequest {
+        resource: None,
+        mode: call.param("mode").map(str::to_string),
+        profiles: call
+            .params
+            .iter()
+            .filter(|(k, _)| k == "profile")
+            .map(|(_, v)| v.clone())
+            .collect(),
+    };
+    let bytes = if call.method == http::Method::POST {
+        read_body(call, body).await?
+    } else {
+        bytes::Bytes::new()
+    };
+    if bytes.is_empty() {
+        return Ok(request);
+    }
+    let format = negotiate::check_content_type(&call.headers, false)?;
+    let value = parse_body(call, &bytes, format)?;
+    let is_parameters = value.get("resourceType").and_then(Value::as_str) == Some("Parameters")
+        && resource_type.as_str() != "Parameters";
+    if !is_parameters {
+        request.resource = Some(value);
+        return Ok(request);
+    }
+    let parameters = value
+        .get("parameter")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for parameter in parameters {
+        let name = parameter.get("name").and_then(Value::as_str).unwrap_or("");
+        match name {
+            "resource" => request.resource = parameter.get("resource").cloned(),
+            "mode" => {
+                request.mode = parameter
+                    .get("valueCode")
+                    .or_else(|| parameter.get("valueString"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+            }
+            "profile" => {
+                if let Some(url) = ["valueCanonical", "valueUri", "valueString"]
+                    .iter()
+                    .find_map(|k| parameter.get(*k).and_then(Value::as_str))
+                {
+                    request.profiles.push(url.to_string());
+                }
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid-parameter",
+                    "$validate takes the parameters resource, mode and profile only.",
+                )
+                .with_expression("Parameters.parameter.name"));
+            }
+        }
+    }
+    Ok(request)
+}
+
+/// `$validate`: the outcome of validating a proposed resource (200 with an OperationOutcome
+/// whatever it finds; 4xx only when the request itself is wrong). Nothing is stored.
+async fn validate_operation(
+    call: &Call,
+    resource_type: &ResourceType,
+    id: Option<&str>,
+    body: Body,
+) -> Result<Done, Failed> {
+    let request = validate_request(call, resource_type, body).await?;
+    let mode = request.mode.as_deref();
+    match mode {
+        None | Some("create" | "profile") => {}
+        Some("update" | "delete") if id.is_some() => {}
+        Some("update" | "delete") => {
+            return Err(ApiError::bad_request(
+                "invalid-mode",
+                "Modes update and delete apply to an existing resource: use [type]/[id]/$validate.",
+            )
+            .into());
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid-mode",
+                "mode must be create, update, delete or profile.",
+            )
+            .into());
+        }
+    }
+    let mut detail = AuditDetail::default();
+    if let Some(id) = id {
+        detail.entities.push(format!("{resource_type}/{id}"));
+        let current = call
+            .state
+            .inner
+            .store
+            .read_current(call.tenant(), resource_type.as_str(), id)
+            .await
+            .map_err(ApiError::from)?;
+        let exists = current.as_ref().is_some_and(|row| !row.is_deleted());
+        if matches!(mode, Some("update" | "delete")) && !exists {
+            return Err(Failed {
+                error: match current {
+                    None => ApiError::not_found(format!("No {resource_type} with this id.")),
+                    Some(_) => gone(resource_type),
+                },
+                detail,
+            });
+        }
+    }
+    if mode == Some("delete") {
+        let outcome = OperationOutcome::information(
+            "valid",
+            "Nothing in this server prevents deleting the resource.",
+        );
+        return Ok(done(
+            fhir_json(
+                StatusCode::OK,
+                &outcome.to_json(&call.who.request_id),
+                call.pretty(),
+            ),
+            detail,
+        ));
+    }
+    let Some(resource) = request.resource else {
+        return Err(Failed {
+            error: ApiError::new(
+                StatusCode::BAD_REQUEST,
+                IssueType::Required,
+                "missing-resource",
+                "$validate needs the resource to validate (the body, or the parameter resource).",
+            ),
+            detail,
+        });
+    };
+    let mut outcome = call.state.inner.validation.validator.validate(
+        &resource,
+        &fhirwall_validation::ValidateOptions {
+            profiles: request.profiles,
+        },
+    );
+    let body_type = resource.get("resourceType").and_then(Value::as_str);
+    let mut extra = Vec::new();
+    if body_type.is_some_and(|t| t != resource_type.as_str()) {
+        extra.push(
+            OperationOutcome::error(
+                IssueType::Invalid,
+                "resource-type-mismatch",
+                format!("The resource is not a {resource_type}."),
+            )
+            .with_expression("resourceType"),
+        );
+    }
+    if mode == Some("update") && resource.get("id").and_then(Value::as_str) != id {
+        extra.push(
+            OperationOutcome::error(
+                IssueType::Invalid,
+                "id-mismatch",
+                "For mode update the resource id must match the id in the URL.",
+            )
+            .with_expression(format!("{resource_type}.id")),
+        );
+    }
+    let mut issues = extra;
+    issues.extend(
+        std::mem::take(&mut outcome.issues)
+            .iter()
+            .map(crate::validation::issue_outcome),
+    );
+    let answer = OperationOutcome::from_issues(issues).unwrap_or_else(|| {
+        OperationOutcome::information("valid", "All OK: the resource is valid.")
+    });
+    Ok(done(
+        fhir_json(
+            StatusCode::OK,
+            &answer.to_json(&call.who.request_id),
+            call.pretty(),
+        ),
+        detail,
+    ))
 }

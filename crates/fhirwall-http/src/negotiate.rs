@@ -1,10 +1,11 @@
-//! Content negotiation and the small header grammars: Accept, `_format`, Content-Type, Prefer.
+//! Content negotiation and the small header grammars: Accept, `_format`, Content-Type, Prefer; it must not parse or write bodies.
 
 use http::HeaderMap;
 
 use crate::error::ApiError;
 
 pub(crate) const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+pub(crate) const FHIR_XML: &str = "application/fhir+xml; charset=utf-8";
 
 /// Serializes a JSON tree; never fails for trees built from parsed JSON.
 pub(crate) fn fhir_json_bytes(value: &serde_json::Value, pretty: bool) -> Vec<u8> {
@@ -36,77 +37,136 @@ fn is_json_type(mime: &str) -> bool {
     )
 }
 
-/// Checks that the response can be JSON, from `_format` (which wins) or Accept. 406 otherwise.
-pub(crate) fn check_accept(headers: &HeaderMap, format: Option<&str>) -> Result<(), ApiError> {
+/// The wire format of a request or response body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    Json,
+    Xml,
+}
+
+fn is_xml_type(mime: &str) -> bool {
+    matches!(
+        mime,
+        "application/fhir+xml" | "application/xml" | "application/xml+fhir" | "xml" | "text/xml"
+    )
+}
+
+fn not_acceptable(message: &'static str) -> ApiError {
+    ApiError::new(
+        http::StatusCode::NOT_ACCEPTABLE,
+        fhirwall_model::IssueType::NotSupported,
+        "format-not-supported",
+        message,
+    )
+}
+
+/// The q-value of one Accept member (1 when absent; 0 for anything unreadable).
+fn quality(part: &str) -> f32 {
+    for parameter in part.split(';').skip(1) {
+        let parameter = parameter.trim();
+        if let Some(q) = parameter
+            .strip_prefix("q=")
+            .or_else(|| parameter.strip_prefix("Q="))
+        {
+            return q
+                .trim()
+                .parse::<f32>()
+                .ok()
+                .filter(|q| (0.0..=1.0).contains(q))
+                .unwrap_or(0.0);
+        }
+    }
+    1.0
+}
+
+/// The response format, from `_format` (which wins) or Accept: FHIR JSON or FHIR XML, JSON
+/// when the client does not mind. 406 when neither is acceptable.
+pub(crate) fn response_format(
+    headers: &HeaderMap,
+    format: Option<&str>,
+) -> Result<Format, ApiError> {
     if let Some(format) = format {
         let mime = media_type(format);
         if is_json_type(&mime) {
-            return Ok(());
+            return Ok(Format::Json);
         }
-        return Err(ApiError::new(
-            http::StatusCode::NOT_ACCEPTABLE,
-            fhirwall_model::IssueType::NotSupported,
-            "format-not-supported",
-            "This server answers in application/fhir+json only (_format=json).",
+        if is_xml_type(&mime) {
+            return Ok(Format::Xml);
+        }
+        return Err(not_acceptable(
+            "This server answers in FHIR JSON (_format=json) or FHIR XML (_format=xml).",
         ));
     }
-    let Some(accept) = headers.get(http::header::ACCEPT) else {
-        return Ok(());
-    };
-    let accept = accept.to_str().unwrap_or_default();
-    if accept.trim().is_empty() {
-        return Ok(());
+    let mut best: Option<(f32, Format)> = None;
+    let mut any_header = false;
+    for value in headers.get_all(http::header::ACCEPT) {
+        let accept = value.to_str().unwrap_or_default();
+        for part in accept.split(',') {
+            if part.trim().is_empty() {
+                continue;
+            }
+            any_header = true;
+            let mime = media_type(part);
+            let candidate = if is_json_type(&mime) || mime == "*/*" || mime == "application/*" {
+                Format::Json
+            } else if is_xml_type(&mime) {
+                Format::Xml
+            } else {
+                continue;
+            };
+            let q = quality(part);
+            if q <= 0.0 {
+                continue;
+            }
+            // Equal weights keep the earlier member, as listed by the client.
+            if best.is_none_or(|(best_q, _)| q > best_q) {
+                best = Some((q, candidate));
+            }
+        }
     }
-    let acceptable = accept.split(',').any(|part| {
-        let mime = media_type(part);
-        let refused = part
-            .split(';')
-            .skip(1)
-            .any(|p| matches!(p.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
-        !refused && (is_json_type(&mime) || mime == "*/*" || mime == "application/*")
-    });
-    if acceptable {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            http::StatusCode::NOT_ACCEPTABLE,
-            fhirwall_model::IssueType::NotSupported,
-            "format-not-supported",
-            "This server answers in application/fhir+json only.",
-        ))
+    match best {
+        Some((_, format)) => Ok(format),
+        None if !any_header => Ok(Format::Json),
+        None => Err(not_acceptable(
+            "This server answers in application/fhir+json or application/fhir+xml.",
+        )),
     }
 }
 
-/// The body of a write must be FHIR JSON (or, for PATCH, a JSON Patch). 415 otherwise.
-pub(crate) fn check_content_type(headers: &HeaderMap, patch: bool) -> Result<(), ApiError> {
+/// The body of a write must be FHIR JSON or FHIR XML (or, for PATCH, a JSON Patch). 415
+/// otherwise. Returns the body's format.
+pub(crate) fn check_content_type(headers: &HeaderMap, patch: bool) -> Result<Format, ApiError> {
     let mime = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(media_type)
         .unwrap_or_default();
-    let ok = if patch {
-        mime == "application/json-patch+json"
-    } else {
-        matches!(
-            mime.as_str(),
-            "application/fhir+json" | "application/json" | "application/json+fhir"
-        )
-    };
-    if ok {
-        Ok(())
-    } else {
-        let expected = if patch {
-            "application/json-patch+json"
-        } else {
-            "application/fhir+json"
-        };
-        Err(ApiError::new(
-            http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            fhirwall_model::IssueType::NotSupported,
-            "unsupported-media-type",
-            format!("The request body must be {expected}."),
-        ))
+    if patch {
+        if mime == "application/json-patch+json" {
+            return Ok(Format::Json);
+        }
+    } else if matches!(
+        mime.as_str(),
+        "application/fhir+json" | "application/json" | "application/json+fhir"
+    ) {
+        return Ok(Format::Json);
+    } else if matches!(
+        mime.as_str(),
+        "application/fhir+xml" | "application/xml" | "application/xml+fhir" | "text/xml"
+    ) {
+        return Ok(Format::Xml);
     }
+    let expected = if patch {
+        "application/json-patch+json"
+    } else {
+        "application/fhir+json or application/fhir+xml"
+    };
+    Err(ApiError::new(
+        http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        fhirwall_model::IssueType::NotSupported,
+        "unsupported-media-type",
+        format!("The request body must be {expected}."),
+    ))
 }
 
 /// What the client asked to get back from a write (`Prefer: return=`).
@@ -155,12 +215,72 @@ mod tests {
 
     #[test]
     fn accept() {
-        assert!(check_accept(&HeaderMap::new(), None).is_ok());
-        assert!(check_accept(&headers("accept", "application/fhir+json"), None).is_ok());
-        assert!(check_accept(&headers("accept", "text/html, */*;q=0.8"), None).is_ok());
-        assert!(check_accept(&headers("accept", "application/fhir+xml"), None).is_err());
-        assert!(check_accept(&HeaderMap::new(), Some("xml")).is_err());
-        assert!(check_accept(&headers("accept", "application/fhir+xml"), Some("json")).is_ok());
+        let format = |h: &HeaderMap, f| response_format(h, f).ok();
+        assert_eq!(format(&HeaderMap::new(), None), Some(Format::Json));
+        assert_eq!(
+            format(&headers("accept", "application/fhir+json"), None),
+            Some(Format::Json)
+        );
+        assert_eq!(
+            format(&headers("accept", "text/html, */*;q=0.8"), None),
+            Some(Format::Json)
+        );
+        assert_eq!(
+            format(&headers("accept", "application/fhir+xml"), None),
+            Some(Format::Xml)
+        );
+        assert_eq!(
+            format(
+                &headers(
+                    "accept",
+                    "application/fhir+json;q=0.5, application/fhir+xml"
+                ),
+                None
+            ),
+            Some(Format::Xml)
+        );
+        assert_eq!(
+            format(
+                &headers("accept", "application/fhir+xml, application/fhir+json"),
+                None
+            ),
+            Some(Format::Xml)
+        );
+        assert_eq!(
+            format(&headers("accept", "application/fhir+xml;q=0"), None),
+            None
+        );
+        assert_eq!(format(&headers("accept", "text/html"), None), None);
+        assert_eq!(format(&HeaderMap::new(), Some("xml")), Some(Format::Xml));
+        assert_eq!(
+            format(&HeaderMap::new(), Some("application/fhir+xml")),
+            Some(Format::Xml)
+        );
+        assert_eq!(format(&HeaderMap::new(), Some("turtle")), None);
+        assert_eq!(
+            format(&headers("accept", "application/fhir+xml"), Some("json")),
+            Some(Format::Json)
+        );
+    }
+
+    #[test]
+    fn content_type() {
+        assert_eq!(
+            check_content_type(
+                &headers("content-type", "application/fhir+xml;charset=utf-8"),
+                false
+            )
+            .ok(),
+            Some(Format::Xml)
+        );
+        assert_eq!(
+            check_content_type(&headers("content-type", "application/fhir+json"), false).ok(),
+            Some(Format::Json)
+        );
+        assert!(check_content_type(&headers("content-type", "text/plain"), false).is_err());
+        assert!(
+            check_content_type(&headers("content-type", "application/fhir+xml"), true).is_err()
+        );
     }
 
     #[test]

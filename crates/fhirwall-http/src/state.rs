@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     /// Set while a data-key rotation is being persisted.
     pub rotating: std::sync::atomic::AtomicBool,
     pub fallback_lock: tokio::sync::Mutex<()>,
+    /// The validator every write passes, with the profiles the server holds.
+    pub validation: Arc<crate::validation::Validation>,
 }
 
 const WRITE_LOCK_STRIPES: usize = 512;
@@ -119,8 +121,75 @@ impl AppState {
                     .collect(),
                 fallback_lock: tokio::sync::Mutex::new(()),
                 rotating: std::sync::atomic::AtomicBool::new(false),
+                validation: Arc::new(crate::validation::Validation::new()),
             }),
         })
+    }
+
+    /// Makes profiles live before serving: those given (a package loaded at start-up) and every
+    /// profile stored through the API. Returns how many were registered; a profile that cannot
+    /// be used is named in the error.
+    pub async fn load_profiles(&self, given: Vec<serde_json::Value>) -> Result<usize, String> {
+        let validation = &self.inner.validation;
+        let mut count = 0;
+        for sd in given {
+            let url = sd
+                .get("url")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("(no url)")
+                .to_owned();
+            let prepared = validation
+                .prepare_profile(&sd)
+                .map_err(|e| format!("profile {url}: {}", e.outcome.message))?;
+            if let Some(prepared) = prepared {
+                validation.register(&format!("package:{url}"), prepared);
+                count += 1;
+            }
+        }
+        let stored = self
+            .inner
+            .store
+            .find_current(fhirwall_store::CurrentQuery {
+                tenant: self.inner.tenant.clone(),
+                resource_type: "StructureDefinition".into(),
+                id: None,
+                terms: Vec::new(),
+                after_seq: None,
+                limit: 1_000_000,
+            })
+            .await
+            .map_err(|e| format!("cannot list stored StructureDefinitions: {e}"))?;
+        for row in stored {
+            let Some(sealed) = &row.sealed_body else {
+                continue;
+            };
+            let plain = self
+                .inner
+                .envelope
+                .open(
+                    &fhirwall_crypto::AadContext::Resource {
+                        tenant: &self.inner.tenant,
+                        resource_type: "StructureDefinition",
+                        id: &row.id,
+                        version: row.version,
+                    },
+                    sealed,
+                )
+                .map_err(|e| format!("cannot open StructureDefinition/{}: {e}", row.id))?;
+            let sd: serde_json::Value = serde_json::from_slice(&plain)
+                .map_err(|_| format!("StructureDefinition/{} is not JSON", row.id))?;
+            // A stored profile that no longer builds is skipped, not fatal: it was valid
+            // when written, and the server must still start.
+            match validation.prepare_profile(&sd) {
+                Ok(Some(prepared)) => {
+                    validation.register(&row.id, prepared);
+                    count += 1;
+                }
+                Ok(None) => {}
+                Err(_) => tracing::warn!("a stored profile could not be loaded; skipped"),
+            }
+        }
+        Ok(count)
     }
 
     pub(crate) fn fhir_base(&self) -> String {

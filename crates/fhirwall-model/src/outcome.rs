@@ -10,6 +10,10 @@ pub enum IssueType {
     Required,
     Value,
     Invariant,
+    CodeInvalid,
+    BusinessRule,
+    Extension,
+    TooCostly,
     Security,
     Login,
     Forbidden,
@@ -35,6 +39,10 @@ impl IssueType {
             IssueType::Required => "required",
             IssueType::Value => "value",
             IssueType::Invariant => "invariant",
+            IssueType::CodeInvalid => "code-invalid",
+            IssueType::BusinessRule => "business-rule",
+            IssueType::Extension => "extension",
+            IssueType::TooCostly => "too-costly",
             IssueType::Security => "security",
             IssueType::Login => "login",
             IssueType::Forbidden => "forbidden",
@@ -79,8 +87,9 @@ pub const ERROR_CODE_SYSTEM: &str = "https://fhirwall.dev/fhir/CodeSystem/error"
 pub const CORRELATION_ID_EXTENSION: &str =
     "https://fhirwall.dev/fhir/StructureDefinition/correlation-id";
 
-/// One issue: a stable code, a FHIR issue type, a sentence for people, and optionally the
-/// FHIRPath of the element at fault.
+/// An outcome: its first issue (a stable code, a FHIR issue type, a sentence for people, and
+/// optionally the FHIRPath of the element at fault) and any further issues (validation reports
+/// one issue per problem).
 #[derive(Debug, Clone)]
 pub struct OperationOutcome {
     pub severity: IssueSeverity,
@@ -88,6 +97,7 @@ pub struct OperationOutcome {
     pub code: &'static str,
     pub message: String,
     pub expression: Option<String>,
+    pub more: Vec<OperationOutcome>,
 }
 
 impl OperationOutcome {
@@ -98,7 +108,19 @@ impl OperationOutcome {
             code,
             message: message.into(),
             expression: None,
+            more: Vec::new(),
         }
+    }
+
+    /// An outcome of several issues; the first one leads. None when `issues` is empty.
+    pub fn from_issues(issues: Vec<OperationOutcome>) -> Option<Self> {
+        let mut issues = issues.into_iter();
+        let mut first = issues.next()?;
+        first.more.extend(issues.map(|mut issue| {
+            issue.more.clear();
+            issue
+        }));
+        Some(first)
     }
 
     pub fn information(code: &'static str, message: impl Into<String>) -> Self {
@@ -108,6 +130,7 @@ impl OperationOutcome {
             code,
             message: message.into(),
             expression: None,
+            more: Vec::new(),
         }
     }
 
@@ -118,6 +141,18 @@ impl OperationOutcome {
 
     /// The resource, stamped with the correlation id of the request that produced it.
     pub fn to_json(&self, correlation_id: &str) -> Value {
+        let issues: Vec<Value> = std::iter::once(self)
+            .chain(self.more.iter())
+            .map(|issue| issue.issue_json(correlation_id))
+            .collect();
+        json!({
+            "resourceType": "OperationOutcome",
+            "extension": [{"url": CORRELATION_ID_EXTENSION, "valueString": correlation_id}],
+            "issue": issues,
+        })
+    }
+
+    fn issue_json(&self, correlation_id: &str) -> Value {
         let mut issue = json!({
             "severity": self.severity.code(),
             "code": self.issue_type.code(),
@@ -130,11 +165,7 @@ impl OperationOutcome {
         if let Some(expression) = &self.expression {
             put(&mut issue, "expression", json!([expression]));
         }
-        json!({
-            "resourceType": "OperationOutcome",
-            "extension": [{"url": CORRELATION_ID_EXTENSION, "valueString": correlation_id}],
-            "issue": [issue],
-        })
+        issue
     }
 }
 

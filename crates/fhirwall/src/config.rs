@@ -54,6 +54,15 @@ pub struct ServeArgs {
     /// 2^32 limit for random nonces).
     #[arg(long, env = "FHIRWALL_DATA_KEY_ROTATE_AFTER")]
     pub data_key_rotate_after: Option<u64>,
+    /// Profiles to hold from start-up: a FHIR package (.tgz), or a JSON file with a
+    /// StructureDefinition, a Bundle or an array of them. Repeatable; comma-separated in the
+    /// environment.
+    #[arg(
+        long = "profile-package",
+        env = "FHIRWALL_PROFILE_PACKAGES",
+        value_delimiter = ','
+    )]
+    pub profile_packages: Vec<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +81,7 @@ struct FileConfig {
     shutdown_grace_secs: Option<u64>,
     data_key_rotate_after: Option<u64>,
     body_read_timeout_secs: Option<u64>,
+    profile_packages: Option<Vec<PathBuf>>,
 }
 
 /// The settled configuration.
@@ -90,6 +100,7 @@ pub struct Settings {
     pub shutdown_grace_secs: u64,
     pub data_key_rotate_after: u64,
     pub body_read_timeout_secs: u64,
+    pub profile_packages: Vec<PathBuf>,
 }
 
 const KNOWN_ENV: &[&str] = &[
@@ -107,6 +118,7 @@ const KNOWN_ENV: &[&str] = &[
     "FHIRWALL_SHUTDOWN_GRACE_SECS",
     "FHIRWALL_DATA_KEY_ROTATE_AFTER",
     "FHIRWALL_BODY_READ_TIMEOUT_SECS",
+    "FHIRWALL_PROFILE_PACKAGES",
     "FHIRWALL_LOG",
 ];
 
@@ -201,6 +213,11 @@ impl Settings {
         Ok(Settings {
             body_read_timeout_secs,
             data_key_rotate_after,
+            profile_packages: if args.profile_packages.is_empty() {
+                file.profile_packages.unwrap_or_default()
+            } else {
+                args.profile_packages
+            },
             data_dir,
             listen,
             public_url,

@@ -2,6 +2,7 @@
 //! and carries the operator commands (clients, audit verification). No domain logic lives here.
 
 pub mod config;
+mod packages;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -184,6 +185,15 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         fhirwall_http::Clock,
     )
     .context("the blind-index key is missing")?;
+    let mut package_profiles = Vec::new();
+    for package in &settings.profile_packages {
+        package_profiles.extend(packages::structure_definitions(package)?);
+    }
+    let profiles = state
+        .load_profiles(package_profiles)
+        .await
+        .map_err(|e| anyhow::anyhow!("loading profiles: {e}"))?;
+    tracing::info!(profiles, "profiles loaded");
 
     println!("fhirwall listening on {base_url}/fhir");
     if let Some(ca) = &tls_files.dev_ca {

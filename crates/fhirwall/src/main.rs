@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTPS FHIR server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage backend-services clients (works while the server runs).
     Client {
         #[command(subcommand)]
@@ -127,7 +127,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
-            let settings = Settings::resolve(args)?;
+            let settings = Settings::resolve(*args)?;
             fhirwall::serve(settings).await?;
             Ok(ExitCode::SUCCESS)
         }

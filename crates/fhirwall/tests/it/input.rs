@@ -134,8 +134,8 @@ async fn every_class_of_bad_input_is_refused_and_changes_nothing() {
             "Patient",
             "application/fhir+xml",
             b"<Patient/>".to_vec(),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
+            StatusCode::BAD_REQUEST,
+            "invalid-xml",
         ),
         (
             "Patient",

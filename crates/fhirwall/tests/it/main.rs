@@ -10,3 +10,5 @@ mod durability;
 mod input;
 mod rest;
 mod tls;
+mod validation;
+mod xml;

@@ -533,14 +533,14 @@ async fn negotiation_summary_elements_and_metadata() {
 
     let r = c
         .get(&format!("Patient/{id}"))
-        .header(ACCEPT, "application/fhir+xml")
+        .header(ACCEPT, "text/html")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_ACCEPTABLE);
     assert_eq!(json(r).await["resourceType"], "OperationOutcome");
     assert_eq!(
-        c.get(&format!("Patient/{id}?_format=xml"))
+        c.get(&format!("Patient/{id}?_format=text/turtle"))
             .send()
             .await
             .unwrap()

@@ -1,0 +1,562 @@
+//! Lexical checks of FHIR primitive values (the regexes of datatypes.html, hand-written so nothing is compiled per call); it must not look at anything but the one value.
+
+use serde_json::Value;
+
+/// The longest string FHIR allows (datatypes.html: "< 1MB (1024*1024) characters").
+pub(crate) const MAX_STRING_BYTES: usize = 1024 * 1024;
+
+/// Why a primitive value was refused: a rule id and the sentence tail that explains it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FormatError {
+    pub(crate) rule: &'static str,
+    pub(crate) expected: &'static str,
+}
+
+const fn format_error(rule: &'static str, expected: &'static str) -> FormatError {
+    FormatError { rule, expected }
+}
+
+/// What JSON type a primitive needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JsonKind {
+    String,
+    Number,
+    Boolean,
+}
+
+/// The JSON type FHIR's JSON format uses for a primitive type.
+pub(crate) fn json_kind(type_name: &str) -> JsonKind {
+    match type_name {
+        "boolean" => JsonKind::Boolean,
+        "integer" | "positiveInt" | "unsignedInt" | "decimal" | "integer64" => JsonKind::Number,
+        _ => JsonKind::String,
+    }
+}
+
+/// Checks one primitive value of `type_name` whose JSON type is already known to be right.
+pub(crate) fn check_primitive(type_name: &str, value: &Value) -> Result<(), FormatError> {
+    match value {
+        Value::String(text) => check_string_primitive(type_name, text),
+        Value::Number(number) => check_number_primitive(type_name, number.as_str()),
+        _ => Ok(()),
+    }
+}
+
+fn check_number_primitive(type_name: &str, text: &str) -> Result<(), FormatError> {
+    match type_name {
+        "integer" => check_integer(text, i64::from(i32::MIN), "format-integer"),
+        "positiveInt" => check_integer(text, 1, "format-positiveInt"),
+        "unsignedInt" => check_integer(text, 0, "format-unsignedInt"),
+        // serde_json only accepts numbers of JSON's grammar, which is the decimal regex of
+        // FHIR; a very long mantissa is still a valid decimal.
+        _ => Ok(()),
+    }
+}
+
+fn check_integer(text: &str, minimum: i64, rule: &'static str) -> Result<(), FormatError> {
+    let expected = match rule {
+        "format-positiveInt" => "a whole number from 1 to 2147483647",
+        "format-unsignedInt" => "a whole number from 0 to 2147483647",
+        _ => "a whole number from -2147483648 to 2147483647",
+    };
+    // Only the digits of a whole number: `1.0` and `1e2` are decimals, not integers.
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format_error(rule, expected));
+    }
+    match text.parse::<i64>() {
+        Ok(number) if number >= minimum && number <= i64::from(i32::MAX) => Ok(()),
+        _ => Err(format_error(rule, expected)),
+    }
+}
+
+fn check_string_primitive(type_name: &str, text: &str) -> Result<(), FormatError> {
+    if text.is_empty() {
+        return Err(format_error(
+            "empty-string",
+            "a value with at least one character (FHIR forbids empty strings)",
+        ));
+    }
+    if type_name != "base64Binary" && type_name != "xhtml" && text.len() > MAX_STRING_BYTES {
+        return Err(format_error("string-too-long", "at most 1 MiB of text"));
+    }
+    if type_name != "xhtml" && has_forbidden_control_characters(text) {
+        return Err(format_error(
+            "string-control-characters",
+            "text without control characters other than tab, carriage return and line feed",
+        ));
+    }
+    match type_name {
+        "code" => check_code(text),
+        "id" => check_id(text),
+        "uri" | "url" | "canonical" => check_uri(text),
+        "oid" => check_oid(text),
+        "uuid" => check_uuid(text),
+        "base64Binary" => check_base64(text),
+        "date" => check_date(text),
+        "dateTime" => check_date_time(text),
+        "instant" => check_instant(text),
+        "time" => check_time(text),
+        _ => Ok(()),
+    }
+}
+
+fn has_forbidden_control_characters(text: &str) -> bool {
+    text.chars()
+        .any(|c| (c < ' ' && c != '\t' && c != '\r' && c != '\n') || c == '\u{7f}')
+}
+
+/// `[^\s]+(\s[^\s]+)*`: no leading, trailing or doubled whitespace. `\s` is the whitespace
+/// of XML Schema regexes (space, tab, CR, LF), the dialect the specification's regexes are
+/// written in; a non-breaking space is an ordinary character there.
+pub(crate) fn check_code(text: &str) -> Result<(), FormatError> {
+    let mut previous_was_space = true;
+    for c in text.chars() {
+        let is_space = matches!(c, ' ' | '\t' | '\r' | '\n');
+        if is_space && previous_was_space {
+            return Err(format_error(
+                "format-code",
+                "a code without leading, trailing or repeated whitespace",
+            ));
+        }
+        previous_was_space = is_space;
+    }
+    if previous_was_space {
+        return Err(format_error(
+            "format-code",
+            "a code without leading, trailing or repeated whitespace",
+        ));
+    }
+    Ok(())
+}
+
+/// `[A-Za-z0-9\-\.]{1,64}`.
+pub(crate) fn is_valid_id(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+pub(crate) fn check_id(text: &str) -> Result<(), FormatError> {
+    if is_valid_id(text) {
+        Ok(())
+    } else {
+        Err(format_error(
+            "format-id",
+            "1 to 64 letters, digits, '-' or '.'",
+        ))
+    }
+}
+
+/// `\S*`: a URI has no whitespace.
+fn check_uri(text: &str) -> Result<(), FormatError> {
+    if text.chars().any(char::is_whitespace) {
+        Err(format_error("format-uri", "a URI without whitespace"))
+    } else {
+        Ok(())
+    }
+}
+
+/// `urn:oid:[0-2](\.(0|[1-9][0-9]*))+`.
+pub(crate) fn is_valid_oid(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix("urn:oid:") else {
+        return false;
+    };
+    let mut arcs = rest.split('.');
+    match arcs.next() {
+        Some("0" | "1" | "2") => {}
+        _ => return false,
+    }
+    let mut count = 0;
+    for arc in arcs {
+        count += 1;
+        let valid = arc == "0"
+            || (!arc.is_empty()
+                && !arc.starts_with('0')
+                && arc.bytes().all(|b| b.is_ascii_digit()));
+        if !valid {
+            return false;
+        }
+    }
+    count > 0
+}
+
+fn check_oid(text: &str) -> Result<(), FormatError> {
+    if is_valid_oid(text) {
+        Ok(())
+    } else {
+        Err(format_error(
+            "format-oid",
+            "urn:oid: followed by a dotted OID such as 1.2.3",
+        ))
+    }
+}
+
+/// `urn:uuid:` and a lower-case 8-4-4-4-12 hex UUID.
+pub(crate) fn is_valid_uuid_urn(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix("urn:uuid:") else {
+        return false;
+    };
+    let groups: [usize; 5] = [8, 4, 4, 4, 12];
+    let mut parts = rest.split('-');
+    for expected in groups {
+        match parts.next() {
+            Some(part)
+                if part.len() == expected
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {}
+            _ => return false,
+        }
+    }
+    parts.next().is_none()
+}
+
+fn check_uuid(text: &str) -> Result<(), FormatError> {
+    if is_valid_uuid_urn(text) {
+        Ok(())
+    } else {
+        Err(format_error(
+            "format-uuid",
+            "urn:uuid: followed by a lower-case UUID",
+        ))
+    }
+}
+
+/// Base64 with optional whitespace: groups of four alphabet characters, padding only at the end.
+fn check_base64(text: &str) -> Result<(), FormatError> {
+    let error = format_error(
+        "format-base64Binary",
+        "base64 text (A-Z, a-z, 0-9, '+', '/', padded with '=')",
+    );
+    let mut count = 0usize;
+    let mut padding = 0usize;
+    for b in text.bytes() {
+        if b.is_ascii_whitespace() {
+            continue;
+        }
+        if b == b'=' {
+            padding += 1;
+        } else if padding > 0 {
+            // Data after padding.
+            return Err(error);
+        } else if !(b.is_ascii_alphanumeric() || b == b'+' || b == b'/') {
+            return Err(error);
+        }
+        count += 1;
+    }
+    if !count.is_multiple_of(4) || padding > 2 {
+        return Err(error);
+    }
+    Ok(())
+}
+
+/// A cursor over ASCII digits and separators, for the date and time grammars.
+struct Cursor<'t> {
+    bytes: &'t [u8],
+    at: usize,
+}
+
+impl<'t> Cursor<'t> {
+    fn new(text: &'t str) -> Self {
+        Cursor {
+            bytes: text.as_bytes(),
+            at: 0,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.at >= self.bytes.len()
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn eat(&mut self, expected: u8) -> bool {
+        if self.peek() == Some(expected) {
+            self.at += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Exactly `count` digits as a number.
+    fn digits(&mut self, count: usize) -> Option<u32> {
+        let mut number = 0u32;
+        for _ in 0..count {
+            let b = self.peek()?;
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            number = number * 10 + u32::from(b - b'0');
+            self.at += 1;
+        }
+        Some(number)
+    }
+
+    /// One or more digits (a fraction of a second).
+    fn some_digits(&mut self) -> bool {
+        let start = self.at;
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            self.at += 1;
+        }
+        self.at > start
+    }
+}
+
+fn is_leap_year(year: u32) -> bool {
+    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
+}
+
+fn days_in_month(year: u32, month: u32) -> u32 {
+    match month {
+        2 if is_leap_year(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// How much of a date was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DatePrecision {
+    Year,
+    Month,
+    Day,
+}
+
+/// `YYYY`, `YYYY-MM` or `YYYY-MM-DD`, year 0001 to 9999, a real day of the month.
+fn parse_date(cursor: &mut Cursor<'_>) -> Option<DatePrecision> {
+    let year = cursor.digits(4)?;
+    if year == 0 {
+        return None;
+    }
+    if !cursor.eat(b'-') {
+        return Some(DatePrecision::Year);
+    }
+    let month = cursor.digits(2)?;
+    if !(1..=12).contains(&month) {
+        return None;
+    }
+    if !cursor.eat(b'-') {
+        return Some(DatePrecision::Month);
+    }
+    let day = cursor.digits(2)?;
+    if day == 0 || day > days_in_month(year, month) {
+        return None;
+    }
+    Some(DatePrecision::Day)
+}
+
+/// `hh:mm:ss(.fff)?` with hours 00-23 and a leap second allowed.
+fn parse_time(cursor: &mut Cursor<'_>) -> Option<()> {
+    let hour = cursor.digits(2)?;
+    if hour > 23 || !cursor.eat(b':') {
+        return None;
+    }
+    let minute = cursor.digits(2)?;
+    if minute > 59 || !cursor.eat(b':') {
+        return None;
+    }
+    let second = cursor.digits(2)?;
+    if second > 60 {
+        return None;
+    }
+    if cursor.eat(b'.') && !cursor.some_digits() {
+        return None;
+    }
+    Some(())
+}
+
+/// `Z` or `+hh:mm`/`-hh:mm` from -13:59 to +14:00 as the regex of the spec allows.
+fn parse_zone(cursor: &mut Cursor<'_>) -> Option<()> {
+    if cursor.eat(b'Z') {
+        return Some(());
+    }
+    if !(cursor.eat(b'+') || cursor.eat(b'-')) {
+        return None;
+    }
+    let hour = cursor.digits(2)?;
+    if !cursor.eat(b':') {
+        return None;
+    }
+    let minute = cursor.digits(2)?;
+    let valid = (hour <= 13 && minute <= 59) || (hour == 14 && minute == 0);
+    valid.then_some(())
+}
+
+fn check_date(text: &str) -> Result<(), FormatError> {
+    let mut cursor = Cursor::new(text);
+    match parse_date(&mut cursor) {
+        Some(_) if cursor.done() => Ok(()),
+        _ => Err(format_error(
+            "format-date",
+            "YYYY, YYYY-MM or YYYY-MM-DD with a real month and day",
+        )),
+    }
+}
+
+fn check_date_time(text: &str) -> Result<(), FormatError> {
+    let error = format_error(
+        "format-dateTime",
+        "YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm:ss(.sss) with a time zone (Z or +hh:mm)",
+    );
+    let mut cursor = Cursor::new(text);
+    let precision = parse_date(&mut cursor).ok_or(error)?;
+    if cursor.done() {
+        return Ok(());
+    }
+    if precision != DatePrecision::Day || !cursor.eat(b'T') {
+        return Err(error);
+    }
+    parse_time(&mut cursor).ok_or(error)?;
+    parse_zone(&mut cursor).ok_or(error)?;
+    if cursor.done() { Ok(()) } else { Err(error) }
+}
+
+fn check_instant(text: &str) -> Result<(), FormatError> {
+    let error = format_error(
+        "format-instant",
+        "YYYY-MM-DDThh:mm:ss(.sss) with a time zone (Z or +hh:mm)",
+    );
+    let mut cursor = Cursor::new(text);
+    if parse_date(&mut cursor) != Some(DatePrecision::Day) || !cursor.eat(b'T') {
+        return Err(error);
+    }
+    parse_time(&mut cursor).ok_or(error)?;
+    parse_zone(&mut cursor).ok_or(error)?;
+    if cursor.done() { Ok(()) } else { Err(error) }
+}
+
+fn check_time(text: &str) -> Result<(), FormatError> {
+    let mut cursor = Cursor::new(text);
+    match parse_time(&mut cursor) {
+        Some(()) if cursor.done() => Ok(()),
+        _ => Err(format_error(
+            "format-time",
+            "hh:mm:ss or hh:mm:ss.sss without a time zone",
+        )),
+    }
+}
+
+/// Whether a primitive type is written as text that holds a URI (for `#local` references).
+pub(crate) fn is_uri_type(type_name: &str) -> bool {
+    matches!(type_name, "uri" | "url" | "canonical" | "oid" | "uuid")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+    use serde_json::json;
+
+    fn ok(ty: &str, value: Value) -> bool {
+        check_primitive(ty, &value).is_ok()
+    }
+
+    #[test]
+    fn dates_follow_the_spec_regex_and_the_calendar() {
+        for good in ["2020", "2020-02", "2020-02-29", "0001-01-01", "2000-02-29"] {
+            assert!(ok("date", json!(good)), "{good}");
+        }
+        for bad in [
+            "0000",
+            "20",
+            "2020-13",
+            "2020-00",
+            "2021-02-29",
+            "2020-04-31",
+            "2020-1-01",
+            "2020-01-01T10:00:00Z",
+            "1900-02-29",
+            " 2020",
+        ] {
+            assert!(!ok("date", json!(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn date_times_need_a_zone_with_a_time() {
+        for good in [
+            "2015",
+            "2015-02",
+            "2015-02-07",
+            "2015-02-07T13:28:17-05:00",
+            "2015-02-07T13:28:17.239+02:00",
+            "2017-01-01T00:00:00.000Z",
+            "2015-02-07T23:59:60Z",
+            "2015-02-07T13:28:17+14:00",
+        ] {
+            assert!(ok("dateTime", json!(good)), "{good}");
+        }
+        for bad in [
+            "2015-02-07T13:28:17",
+            "2015-02-07T13:28Z",
+            "2015-02T13:28:17Z",
+            "2015-02-07T24:00:00Z",
+            "2015-02-07T13:28:17+14:30",
+            "2015-02-07T13:28:17.Z",
+            "2015-02-07 13:28:17Z",
+        ] {
+            assert!(!ok("dateTime", json!(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn instants_need_full_precision() {
+        assert!(ok("instant", json!("2015-02-07T13:28:17.239+02:00")));
+        assert!(!ok("instant", json!("2015-02-07")));
+        assert!(!ok("instant", json!("2015-02-07T13:28:17")));
+        assert!(ok("time", json!("13:28:17")));
+        assert!(ok("time", json!("13:28:17.5")));
+        assert!(!ok("time", json!("13:28")));
+        assert!(!ok("time", json!("13:28:17Z")));
+    }
+
+    #[test]
+    fn integers_have_ranges() {
+        assert!(ok("integer", json!(-2147483648i64)));
+        assert!(!ok("integer", json!(2147483648i64)));
+        assert!(!ok("integer", serde_json::from_str("1.0").unwrap()));
+        assert!(!ok("integer", serde_json::from_str("1e2").unwrap()));
+        assert!(ok("positiveInt", json!(1)));
+        assert!(!ok("positiveInt", json!(0)));
+        assert!(ok("unsignedInt", json!(0)));
+        assert!(!ok("unsignedInt", json!(-1)));
+        assert!(ok("decimal", serde_json::from_str("1.50").unwrap()));
+    }
+
+    #[test]
+    fn strings_codes_ids_and_identifiers() {
+        assert!(!ok("string", json!("")));
+        assert!(!ok("string", json!("a\u{0001}b")));
+        assert!(ok("string", json!("tab\tand\nnewline")));
+        assert!(ok("code", json!("a b")));
+        for bad in [" a", "a ", "a  b", "a\t b"] {
+            assert!(!ok("code", json!(bad)), "{bad:?}");
+        }
+        assert!(ok("id", json!("a-B.9")));
+        assert!(!ok("id", json!("a_b")));
+        assert!(!ok("id", json!("x".repeat(65))));
+        assert!(ok("oid", json!("urn:oid:1.2.840.10008")));
+        assert!(!ok("oid", json!("urn:oid:3.1")));
+        assert!(!ok("oid", json!("urn:oid:1.02")));
+        assert!(!ok("oid", json!("urn:oid:1")));
+        assert!(ok(
+            "uuid",
+            json!("urn:uuid:a76d9bbf-f293-4fb7-ad4c-2851cac77162")
+        ));
+        assert!(!ok(
+            "uuid",
+            json!("urn:uuid:A76D9BBF-F293-4FB7-AD4C-2851CAC77162")
+        ));
+        assert!(!ok("uri", json!("http://a b")));
+        assert!(ok("base64Binary", json!("aGVs bG8=")));
+        assert!(!ok("base64Binary", json!("aGVsbG8")));
+        assert!(!ok("base64Binary", json!("aG=sbG8=")));
+    }
+}
