@@ -18,6 +18,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
+use crate::structure::strings;
 use crate::{canonical_without_version, type_suffix_matches};
 
 /// Where the core data types and resources are defined.
@@ -1340,18 +1341,4 @@ fn with_snapshot(profile: &Map<String, Value>, elements: Vec<Value>) -> Value {
 
 fn str_of<'a>(object: &'a Map<String, Value>, field: &str) -> Option<&'a str> {
     object.get(field).and_then(Value::as_str)
-}
-
-fn strings(value: &Value, field: &str) -> Vec<String> {
-    value
-        .get(field)
-        .and_then(Value::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -185,7 +185,8 @@ fn str_field<'a>(value: &'a Value, field: &str) -> Option<&'a str> {
     value.get(field).and_then(Value::as_str)
 }
 
-fn strings(value: &Value, field: &str) -> Vec<String> {
+/// The strings of a JSON array field (non-strings skipped; empty when absent).
+pub(crate) fn strings(value: &Value, field: &str) -> Vec<String> {
     value
         .get(field)
         .and_then(Value::as_array)

@@ -2,18 +2,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::{Mutex, OnceLock};
 
 use fhirwall_definitions::{
     Definitions, SnapshotError, canonical_without_version, generate_snapshot,
 };
 use serde_json::{Value, json};
-
-const PACKAGE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fhir-r4/hl7.fhir.r4.core-4.0.1.tgz"
-);
 
 /// Published snapshots that differ from what the rules produce, with the reason.
 const IRREGULAR: &[(&str, &str)] = &[
@@ -33,21 +27,14 @@ const IRREGULAR: &[(&str, &str)] = &[
 
 /// Every StructureDefinition in the core package, by canonical URL.
 fn package_definitions() -> Option<HashMap<String, Value>> {
-    let Ok(file) = std::fs::File::open(PACKAGE) else {
-        println!("skipped: {PACKAGE} is absent");
-        return None;
-    };
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let package = fhirwall_testdata::shared_file_or_skip(fhirwall_testdata::CORE_PACKAGE)?;
+    let files = fhirwall_testdata::package_json_files(&package, |name| {
+        name.starts_with("StructureDefinition-")
+    })
+    .unwrap();
     let mut definitions = HashMap::new();
-    for entry in archive.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let path = entry.path().unwrap().to_string_lossy().into_owned();
-        if !(path.starts_with("package/StructureDefinition-") && path.ends_with(".json")) {
-            continue;
-        }
-        let mut text = String::new();
-        entry.read_to_string(&mut text).unwrap();
-        let sd: Value = serde_json::from_str(&text).unwrap();
+    for (_, bytes) in files {
+        let sd: Value = serde_json::from_slice(&bytes).unwrap();
         let url = sd["url"].as_str().unwrap().to_owned();
         definitions.insert(url, sd);
     }
@@ -650,8 +637,14 @@ fn content_references_and_derived_types_are_followed() {
     );
 }
 
-fn refusal(base: &str, ty: &str, elements: Value) -> SnapshotError {
-    generate_snapshot(&profile(base, ty, elements), &core).unwrap_err()
+/// Generates the snapshot of a one-off profile (`profile(base, type, elements)`), asserts that
+/// it is refused with an error matching the pattern, and gives the error back.
+macro_rules! assert_refused {
+    ($base:expr, $ty:expr, $elements:expr, $pattern:pat $(if $guard:expr)? $(,)?) => {{
+        let error = generate_snapshot(&profile($base, $ty, $elements), &core).unwrap_err();
+        assert!(matches!(error, $pattern $(if $guard)?), "{error}");
+        error
+    }};
 }
 
 const OBSERVATION: &str = "http://hl7.org/fhir/StructureDefinition/Observation";
@@ -659,155 +652,110 @@ const PATIENT: &str = "http://hl7.org/fhir/StructureDefinition/Patient";
 
 #[test]
 fn a_min_below_the_base_is_refused() {
-    let error = refusal(
+    let error = assert_refused!(
         OBSERVATION,
         "Observation",
         json!([{"id": "Observation.status", "path": "Observation.status", "min": 0}]),
-    );
-    assert!(
-        matches!(
-            error,
-            SnapshotError::MinBelowBase {
-                min: 0,
-                base_min: 1,
-                ..
-            }
-        ),
-        "{error}"
+        SnapshotError::MinBelowBase {
+            min: 0,
+            base_min: 1,
+            ..
+        }
     );
     assert!(error.to_string().contains("Observation.status"), "{error}");
 }
 
 #[test]
 fn a_max_above_the_base_is_refused() {
-    let error = refusal(
+    let error = assert_refused!(
         PATIENT,
         "Patient",
         json!([{"id": "Patient.gender", "path": "Patient.gender", "max": "2"}]),
-    );
-    assert!(
-        matches!(error, SnapshotError::MaxAboveBase { .. }),
-        "{error}"
+        SnapshotError::MaxAboveBase { .. }
     );
     assert!(error.to_string().contains("Patient.gender"), "{error}");
-    let error = refusal(
+    assert_refused!(
         PATIENT,
         "Patient",
         json!([{"id": "Patient.gender", "path": "Patient.gender", "min": 1, "max": "0"}]),
+        SnapshotError::MinAboveMax { .. }
     );
-    assert!(
-        matches!(error, SnapshotError::MinAboveMax { .. }),
-        "{error}"
-    );
-    let error = refusal(
+    assert_refused!(
         PATIENT,
         "Patient",
         json!([{"id": "Patient.gender", "path": "Patient.gender", "max": "many"}]),
-    );
-    assert!(
-        matches!(error, SnapshotError::InvalidCardinality { .. }),
-        "{error}"
+        SnapshotError::InvalidCardinality { .. }
     );
 }
 
 #[test]
 fn a_type_outside_the_base_is_refused() {
-    let error = refusal(
+    let error = assert_refused!(
         OBSERVATION,
         "Observation",
         json!([{"id": "Observation.subject", "path": "Observation.subject",
                 "type": [{"code": "string"}]}]),
-    );
-    assert!(
-        matches!(error, SnapshotError::TypeNotInBase { ref code, .. } if code == "string"),
-        "{error}"
+        SnapshotError::TypeNotInBase { ref code, .. } if code == "string"
     );
     assert!(error.to_string().contains("Observation.subject"), "{error}");
-    let error = refusal(
+    assert_refused!(
         OBSERVATION,
         "Observation",
         json!([{"id": "Observation.valueFoo", "path": "Observation.valueFoo"}]),
-    );
-    assert!(
-        matches!(error, SnapshotError::UnknownPath { .. }),
-        "{error}"
+        SnapshotError::UnknownPath { .. }
     );
 }
 
 #[test]
 fn unknown_paths_and_slices_are_refused() {
-    let error = refusal(
-        PATIENT,
-        "Patient",
-        json!([{"id": "Patient.foo", "path": "Patient.foo"}]),
-    );
-    assert!(
-        matches!(error, SnapshotError::UnknownPath { ref id, .. } if id == "Patient.foo"),
-        "{error}"
-    );
-    let error = refusal(
-        PATIENT,
-        "Patient",
-        json!([{"id": "Patient.identifier.foo", "path": "Patient.identifier.foo"}]),
-    );
-    assert!(
-        matches!(error, SnapshotError::UnknownPath { .. }),
-        "{error}"
-    );
-    let error = refusal(
-        PATIENT,
-        "Patient",
-        json!([{"id": "Observation.status", "path": "Observation.status"}]),
-    );
-    assert!(
-        matches!(error, SnapshotError::UnknownPath { .. }),
-        "{error}"
-    );
-    let error = refusal(
+    // No such element, no such element in a data type, an element of another resource.
+    for path in [
+        "Patient.foo",
+        "Patient.identifier.foo",
+        "Observation.status",
+    ] {
+        assert_refused!(
+            PATIENT,
+            "Patient",
+            json!([{"id": path, "path": path}]),
+            SnapshotError::UnknownPath { ref id, .. } if id == path
+        );
+    }
+    assert_refused!(
         PATIENT,
         "Patient",
         json!([{"id": "Patient.identifier:mrn.system", "path": "Patient.identifier.system"}]),
-    );
-    assert!(
-        matches!(error, SnapshotError::UnknownSlice { ref slice, .. } if slice == "mrn"),
-        "{error}"
+        SnapshotError::UnknownSlice { ref slice, .. } if slice == "mrn"
     );
     // bodyweight closes value[x] to Quantity; a profile on it cannot add a string.
-    let error = refusal(
+    assert_refused!(
         "http://hl7.org/fhir/StructureDefinition/bodyweight",
         "Observation",
         json!([{"id": "Observation.value[x]:valueString", "path": "Observation.value[x]",
                 "sliceName": "valueString"}]),
-    );
-    assert!(
-        matches!(error, SnapshotError::ClosedSlicing { .. }),
-        "{error}"
+        SnapshotError::ClosedSlicing { .. }
     );
 }
 
 #[test]
 fn unusable_definitions_are_refused() {
-    let error = refusal(
+    assert_refused!(
         "http://example.org/fhir/StructureDefinition/unknown",
         "Patient",
         json!([{"id": "Patient", "path": "Patient"}]),
+        SnapshotError::BaseNotFound(_)
     );
-    assert!(matches!(error, SnapshotError::BaseNotFound(_)), "{error}");
-    let error = refusal(
+    assert_refused!(
         PATIENT,
         "Observation",
         json!([{"id": "Patient", "path": "Patient"}]),
-    );
-    assert!(
-        matches!(error, SnapshotError::TypeMismatch { .. }),
-        "{error}"
+        SnapshotError::TypeMismatch { .. }
     );
     let mut specialization = profile(PATIENT, "Patient", json!([{"path": "Patient"}]));
     specialization["derivation"] = json!("specialization");
     let error = generate_snapshot(&specialization, &core).unwrap_err();
     assert!(matches!(error, SnapshotError::NotAConstraint(_)), "{error}");
-    let error = refusal(PATIENT, "Patient", json!([]));
-    assert!(matches!(error, SnapshotError::NoDifferential), "{error}");
+    assert_refused!(PATIENT, "Patient", json!([]), SnapshotError::NoDifferential);
     let error = generate_snapshot(&json!({"resourceType": "Patient"}), &core).unwrap_err();
     assert!(
         matches!(error, SnapshotError::NotAStructureDefinition),

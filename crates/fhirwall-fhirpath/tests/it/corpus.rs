@@ -3,14 +3,13 @@
 //! search expression evaluates on them. They must skip, not fail, without the packages.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use fhirwall_fhirpath::{Context, Expression, Item, Model, evaluate, parse, passes};
 use serde_json::Value;
 
 use crate::model::{Invariant, PackageModel};
-use crate::package::{JsonFile, read_json_files};
 
 /// (example file, invariant key) pairs that fail for a reason other than the engine, each
 /// with the reason.
@@ -44,6 +43,30 @@ const ALLOWED_FAILURES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// A parsed package file.
+struct JsonFile {
+    name: String,
+    size: usize,
+    value: Value,
+}
+
+/// Every `package/*.json` file of the shared package `package` whose name `wanted` accepts,
+/// parsed, in archive order. None (with a note printed) when the package is absent.
+fn read_json_files(package: &str, wanted: impl FnMut(&str) -> bool) -> Option<Vec<JsonFile>> {
+    let path = fhirwall_testdata::shared_file_or_skip(package)?;
+    let files = fhirwall_testdata::package_json_files(&path, wanted).expect("readable package");
+    // A few package files (the index, some examples) are not resources; keep what parses.
+    let parsed = files.into_iter().filter_map(|(name, bytes)| {
+        let value = serde_json::from_slice::<Value>(&bytes).ok()?;
+        Some(JsonFile {
+            name,
+            size: bytes.len(),
+            value,
+        })
+    });
+    Some(parsed.collect())
+}
+
 struct SearchParam {
     id: String,
     base: Vec<String>,
@@ -68,14 +91,11 @@ fn corpus() -> Option<&'static Corpus> {
     CORPUS
         .get_or_init(|| {
             let started = Instant::now();
-            let core_names = Mutex::new(HashSet::new());
-            let core = read_json_files("hl7.fhir.r4.core-4.0.1.tgz", |name| {
-                if let Ok(mut names) = core_names.lock() {
-                    names.insert(name.to_owned());
-                }
+            let mut core_names = HashSet::new();
+            let core = read_json_files(fhirwall_testdata::CORE_PACKAGE, |name| {
+                core_names.insert(name.to_owned());
                 name.starts_with("StructureDefinition-") || name.starts_with("SearchParameter-")
             })?;
-            let core_names = core_names.into_inner().unwrap_or_default();
             let model = PackageModel::from_definitions(core.iter().map(|f| &f.value));
             let mut search_params = Vec::new();
             for JsonFile { value: sp, .. } in &core {
@@ -103,7 +123,7 @@ fn corpus() -> Option<&'static Corpus> {
                 });
             }
             let full = full_corpus();
-            let examples = read_json_files("hl7.fhir.r4.examples-4.0.1.tgz", |name| {
+            let examples = read_json_files(fhirwall_testdata::EXAMPLES_PACKAGE, |name| {
                 name != "package.json"
                     && !name.starts_with('.')
                     && (full || !core_names.contains(name))

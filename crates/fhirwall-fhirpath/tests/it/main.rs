@@ -4,4 +4,3 @@
 
 mod corpus;
 mod model;
-mod package;

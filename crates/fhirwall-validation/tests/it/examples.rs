@@ -1,7 +1,6 @@
 //! Every resource of the R4 examples package must validate without errors, except an explicit list that HL7's own validator rejects too; it must not time anything.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fhirwall_validation::ValidateOptions;
@@ -10,7 +9,7 @@ use serde_json::Value;
 use fhirwall_definitions::Definitions;
 use fhirwall_validation::Validator;
 
-use crate::support::{describe, errors, shared_fhir_dir};
+use crate::support::{describe, errors};
 
 /// Example files that are invalid, with the rule each one breaks. All but the txt-2 and
 /// policy entries break a rule HL7's validator enforces as an error (required elements,
@@ -139,37 +138,14 @@ const KNOWN_INVALID: &[(&str, &str)] = &[
     ),
 ];
 
-fn read_examples() -> Option<Vec<(String, Vec<u8>)>> {
-    let path = shared_fhir_dir().join("hl7.fhir.r4.examples-4.0.1.tgz");
-    let file = std::fs::File::open(path).ok()?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    let mut files = Vec::new();
-    for entry in archive.entries().expect("tar entries") {
-        let mut entry = entry.expect("tar entry");
-        let name = entry
-            .path()
-            .expect("entry path")
-            .to_string_lossy()
-            .into_owned();
-        let Some(file_name) = name.strip_prefix("package/") else {
-            continue;
-        };
-        if !file_name.ends_with(".json") || file_name.contains('/') {
-            continue;
-        }
-        let mut bytes = Vec::new();
-        entry.read_to_end(&mut bytes).expect("read entry");
-        files.push((file_name.to_owned(), bytes));
-    }
-    Some(files)
-}
-
 #[test]
 fn every_example_validates() {
-    let Some(files) = read_examples() else {
+    let Some(package) = fhirwall_testdata::examples_package() else {
         println!("skipped: the R4 examples package is not in the shared folder");
         return;
     };
+    let files =
+        fhirwall_testdata::package_json_files(&package, |_| true).expect("examples package");
     // The core only, as the examples were written for it (one uses an old US Core extension).
     let validator = Validator::new(Definitions::core());
     let validator = &validator;

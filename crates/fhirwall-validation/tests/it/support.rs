@@ -7,14 +7,6 @@ use fhirwall_definitions::{Definitions, StructureDef};
 use fhirwall_validation::{Outcome, Severity, Validator};
 use serde_json::Value;
 
-/// The folder with the FHIR packages shared by the project (outside the repository).
-pub fn shared_fhir_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fhir-r4"
-    ))
-}
-
 /// The folder of the test corpus.
 pub fn corpus_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus"))
@@ -65,8 +57,7 @@ pub fn read_dir_json(dir: &std::path::Path) -> Vec<(String, String)> {
 
 /// The eight US Core 5.0.1 StructureDefinitions, or None when the shared folder is absent.
 pub fn us_core_profiles() -> Option<Vec<Arc<StructureDef>>> {
-    let path = shared_fhir_dir().join("us-core-5.0.1-structuredefinitions.json");
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = std::fs::read_to_string(fhirwall_testdata::us_core_definitions()?).ok()?;
     let list: Vec<Value> = serde_json::from_str(&text).expect("US Core file is JSON");
     Some(
         list.iter()

@@ -1,17 +1,11 @@
 //! Every example resource of the FHIR R4 examples package goes JSON -> XML -> JSON unchanged; it must not skip a resource silently.
 
-use std::io::Read;
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, sync_channel};
 
 use fhirwall_definitions::Definitions;
 use fhirwall_xml::{XmlError, XmlLimits, json_to_xml, xml_to_json};
 use serde_json::Value;
-
-const EXAMPLES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fhir-r4/hl7.fhir.r4.examples-4.0.1.tgz"
-);
 
 /// The examples whose JSON the definitions reject, with the error each must give. The spec's
 /// own examples are all convertible, so this list is empty; it stays so that a future
@@ -33,26 +27,21 @@ struct Tally {
 
 #[test]
 fn every_example_round_trips() {
-    let Ok(file) = std::fs::File::open(EXAMPLES) else {
-        println!("skipped: {EXAMPLES} is absent");
+    let Some(package) = fhirwall_testdata::shared_file_or_skip(fhirwall_testdata::EXAMPLES_PACKAGE)
+    else {
         return;
     };
-    let (sender, receiver) = sync_channel::<(String, String)>(32);
+    let (sender, receiver) = sync_channel::<(String, Vec<u8>)>(32);
     let receiver = Mutex::new(receiver);
     let tallies = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..2).map(|_| scope.spawn(|| work(&receiver))).collect();
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
-        for entry in archive.entries().unwrap() {
-            let mut entry = entry.unwrap();
-            let name = entry.path().unwrap().to_string_lossy().into_owned();
-            if !name.ends_with(".json") {
-                continue;
-            }
-            let mut text = String::new();
-            entry.read_to_string(&mut text).unwrap();
-            let file = name.trim_start_matches("package/").to_owned();
-            sender.send((file, text)).unwrap();
-        }
+        // The archive is read here while the workers convert what it has handed over so far.
+        fhirwall_testdata::for_each_package_json(
+            &package,
+            |_| true,
+            |file, bytes| sender.send((file, bytes)).unwrap(),
+        )
+        .unwrap();
         drop(sender);
         workers
             .into_iter()
@@ -90,20 +79,20 @@ fn every_example_round_trips() {
     );
 }
 
-fn work(receiver: &Mutex<Receiver<(String, String)>>) -> Tally {
+fn work(receiver: &Mutex<Receiver<(String, Vec<u8>)>>) -> Tally {
     let mut tally = Tally::default();
     loop {
         let next = receiver.lock().unwrap().recv();
-        let Ok((file, text)) = next else {
+        let Ok((file, bytes)) = next else {
             return tally;
         };
-        let json: Value = serde_json::from_str(&text).unwrap();
+        let json: Value = serde_json::from_slice(&bytes).unwrap();
         if json.get("resourceType").is_none() {
             // package.json and the index describe the package; they are not resources.
             continue;
         }
         tally.converted += 1;
-        let modes: &[bool] = if text.len() < PRETTY_BELOW_BYTES {
+        let modes: &[bool] = if bytes.len() < PRETTY_BELOW_BYTES {
             tally.pretty += 1;
             &[false, true]
         } else {
