@@ -12,6 +12,7 @@ mod structure;
 mod valueset;
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
@@ -162,6 +163,28 @@ pub fn choice_json_key(name: &str, ty: &str) -> String {
     key
 }
 
+/// FNV-1a, 64-bit: fast on the short type names of the type model.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 /// The core definitions: base types, resources, the core's own profiles, required value sets.
 #[derive(Debug)]
 pub struct Definitions {
@@ -173,7 +196,10 @@ pub struct Definitions {
     /// The core's profiles and extension definitions, by url.
     profiles: HashMap<String, Arc<StructureDef>>,
     value_sets: HashMap<String, ValueSetCodes>,
-    types: HashMap<String, TypeInfo>,
+    /// Looked up for nearly every element the validator, FHIRPath and XML visit, so it hashes
+    /// with FNV-1a rather than SipHash: the keys are the definitions' own names, fixed at load
+    /// time, so there is no flooding to defend against.
+    types: HashMap<String, TypeInfo, BuildHasherDefault<Fnv1a>>,
     resource_types: Vec<String>,
 }
 
@@ -214,7 +240,7 @@ impl Definitions {
             by_type: HashMap::new(),
             profiles: HashMap::new(),
             value_sets: HashMap::new(),
-            types: HashMap::new(),
+            types: HashMap::default(),
             resource_types: Vec::new(),
         };
         for sd in array("structureDefinitions")? {

@@ -1,9 +1,10 @@
 //! The seam between the walkers and FHIRPath: which constraints are checked natively, and evaluation of the others with parsed expressions cached by text; it must not report issues itself.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::hash::BuildHasherDefault;
+use std::sync::{Arc, RwLock};
 
-use fhirwall_definitions::Definitions;
+use fhirwall_definitions::{Definitions, Fnv1a};
 use fhirwall_fhirpath::{Context, Expression, Item};
 use serde_json::Value;
 
@@ -63,11 +64,18 @@ pub(crate) enum Verdict {
     NotEvaluated,
 }
 
+/// (address, length) of an expression's text -> the text and its parsed form.
+type ParsedCache =
+    HashMap<(usize, usize), (Arc<str>, Option<Expression>), BuildHasherDefault<Fnv1a>>;
+
 /// Evaluates constraint expressions, parsing each distinct text once.
 pub(crate) struct ConstraintEngine {
     model: DefinitionsModel,
-    /// Parsed expressions by source text; None for text the engine cannot parse.
-    parsed: RwLock<HashMap<String, Option<Expression>>>,
+    /// Parsed expressions keyed by where their source text lives (address and length): the
+    /// texts belong to StructureDefinitions that outlive a validation, so the address is a key
+    /// that costs nothing to hash, unlike the text. A hit is confirmed by comparing the text,
+    /// since a retired profile's memory may be reused. None for text the engine cannot parse.
+    parsed: RwLock<ParsedCache>,
 }
 
 impl std::fmt::Debug for ConstraintEngine {
@@ -80,7 +88,7 @@ impl ConstraintEngine {
     pub(crate) fn new(defs: &'static Definitions) -> Self {
         ConstraintEngine {
             model: DefinitionsModel::new(defs),
-            parsed: RwLock::new(HashMap::new()),
+            parsed: RwLock::new(HashMap::default()),
         }
     }
 
@@ -90,12 +98,15 @@ impl ConstraintEngine {
 
     /// The parsed form of `source`, parsing it on first use.
     fn expression(&self, source: &str) -> Option<Expression> {
+        let key = (source.as_ptr() as usize, source.len());
         {
             let cache = self
                 .parsed
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(known) = cache.get(source) {
+            if let Some((text, known)) = cache.get(&key)
+                && **text == *source
+            {
                 return known.clone();
             }
         }
@@ -104,7 +115,7 @@ impl ConstraintEngine {
             .parsed
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.insert(source.to_owned(), parsed.clone());
+        cache.insert(key, (Arc::from(source), parsed.clone()));
         parsed
     }
 
