@@ -7,6 +7,7 @@ mod support;
 mod audit;
 mod auth;
 mod durability;
+mod examples;
 mod input;
 mod rest;
 mod tls;
