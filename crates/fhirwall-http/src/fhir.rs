@@ -240,8 +240,11 @@ pub(crate) async fn entry(
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     // A format the client cannot take is refused (406) inside `serve`, after authentication
     // and with an audit record; until then answers (401s among them) are JSON.
-    let format =
-        negotiate::response_format(&call.headers, call.param("_format")).unwrap_or(Format::Json);
+    let format = negotiate::response_format(&call.headers, call.param("_format"))
+        .map(|format| {
+            negotiate::default_to_body_format(&call.headers, call.param("_format"), format)
+        })
+        .unwrap_or(Format::Json);
     let pretty = call.pretty();
     // Discovery answers without a token.
     let response = match (call.method.clone(), segs.as_slice()) {

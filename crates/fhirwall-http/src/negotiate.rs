@@ -133,6 +133,37 @@ pub(crate) fn response_format(
     }
 }
 
+/// A client that states no preference (no `_format`, no Accept or only `*/*`) gets the format
+/// it wrote its body in, as HAPI and others answer: an XML client gets XML back.
+pub(crate) fn default_to_body_format(
+    headers: &HeaderMap,
+    format_param: Option<&str>,
+    negotiated: Format,
+) -> Format {
+    if format_param.is_some() {
+        return negotiated;
+    }
+    let states_preference = headers.get_all(http::header::ACCEPT).iter().any(|value| {
+        value.to_str().is_ok_and(|accept| {
+            accept
+                .split(',')
+                .map(media_type)
+                .any(|mime| !mime.is_empty() && mime != "*/*")
+        })
+    });
+    if states_preference {
+        return negotiated;
+    }
+    match headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(media_type)
+    {
+        Some(mime) if is_xml_type(&mime) => Format::Xml,
+        _ => negotiated,
+    }
+}
+
 /// The body of a write must be FHIR JSON or FHIR XML (or, for PATCH, a JSON Patch). 415
 /// otherwise. Returns the body's format.
 pub(crate) fn check_content_type(headers: &HeaderMap, patch: bool) -> Result<Format, ApiError> {
@@ -261,6 +292,25 @@ mod tests {
             format(&headers("accept", "application/fhir+xml"), Some("json")),
             Some(Format::Json)
         );
+    }
+
+    #[test]
+    fn no_preference_answers_in_the_body_format() {
+        let mut h = headers("content-type", "application/fhir+xml");
+        assert_eq!(default_to_body_format(&h, None, Format::Json), Format::Xml);
+        assert_eq!(
+            default_to_body_format(&h, Some("json"), Format::Json),
+            Format::Json
+        );
+        h.insert("accept", http::HeaderValue::from_static("*/*"));
+        assert_eq!(default_to_body_format(&h, None, Format::Json), Format::Xml);
+        h.insert(
+            "accept",
+            http::HeaderValue::from_static("application/fhir+json"),
+        );
+        assert_eq!(default_to_body_format(&h, None, Format::Json), Format::Json);
+        let h = headers("content-type", "application/fhir+json");
+        assert_eq!(default_to_body_format(&h, None, Format::Json), Format::Json);
     }
 
     #[test]

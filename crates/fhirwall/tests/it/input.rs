@@ -17,6 +17,7 @@ async fn post_raw(
         .post(c.fhir(path))
         .bearer_auth(&c.token)
         .header(CONTENT_TYPE, content_type)
+        .header(reqwest::header::ACCEPT, "application/fhir+json")
         .body(body)
         .send()
         .await

@@ -274,13 +274,16 @@ async fn hostile_or_broken_xml_is_refused_and_changes_nothing() {
         assert!(text.contains("<OperationOutcome"), "{what}: {text}");
         assert!(!text.contains("root:"), "{what}: leaked file content");
     }
-    // The refusals are answered as OperationOutcome JSON to a JSON client too.
+    // The refusals are answered as OperationOutcome JSON to a client that asks for JSON, and
+    // in XML, the body's format, to one that states no preference.
+    let hostile = r#"<!DOCTYPE p [<!ENTITY x "y">]><Patient xmlns="http://hl7.org/fhir"/>"#;
     let r = c
         .http
         .post(c.fhir("Patient"))
         .bearer_auth(&c.token)
         .header(CONTENT_TYPE, XML)
-        .body(r#"<!DOCTYPE p [<!ENTITY x "y">]><Patient xmlns="http://hl7.org/fhir"/>"#)
+        .header(ACCEPT, "application/fhir+json")
+        .body(hostile)
         .send()
         .await
         .unwrap();
@@ -289,6 +292,23 @@ async fn hostile_or_broken_xml_is_refused_and_changes_nothing() {
     assert_eq!(
         outcome["issue"][0]["details"]["coding"][0]["code"],
         "invalid-xml"
+    );
+    let r = c
+        .http
+        .post(c.fhir("Patient"))
+        .bearer_auth(&c.token)
+        .header(CONTENT_TYPE, XML)
+        .body(hostile)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(content_type(&r).starts_with(XML));
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("<code value=\"invalid-xml\"/>")
     );
     assert_eq!(versions(&c).await, before);
 }
