@@ -139,12 +139,11 @@ impl ConstraintEngine {
             }
         };
         match fhirwall_fhirpath::evaluate(&parsed, &context, focus) {
-            // An empty result passes: the engine propagates empty through string functions
-            // and `is` as the FHIRPath specification says, where the HL7 Java engine returns
-            // false and its invariants were written against that (bdl-8 on an entry without
-            // fullUrl, ras-2 without a probability). Only a definite false fails, so a
-            // constraint that does not apply never rejects data.
-            Ok(result) if result.is_empty() || fhirwall_fhirpath::passes(&result) => Verdict::Pass,
+            // The HL7 validator's reading: a single true (or a non-empty collection that is not
+            // a single false) passes, empty fails. The core invariants were written against
+            // that engine, whose string functions and `is` answer false on empty input; ours
+            // does the same by default, so bdl-8 and ras-2 hold on data they do not apply to.
+            Ok(result) if fhirwall_fhirpath::passes(&result) => Verdict::Pass,
             Ok(_) => Verdict::Fail,
             Err(_) => Verdict::NotEvaluated,
         }
