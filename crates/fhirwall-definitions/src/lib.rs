@@ -218,24 +218,9 @@ impl Definitions {
 
     /// Parses the generated data format.
     pub fn from_data(data: &str) -> Result<Definitions, DefinitionError> {
-        let value: Value =
-            serde_json::from_str(data).map_err(|e| DefinitionError::Data(e.to_string()))?;
-        let text = |field: &str| {
-            value
-                .get(field)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .ok_or_else(|| DefinitionError::Data(format!("{field} is missing")))
-        };
-        let array = |field: &str| {
-            value
-                .get(field)
-                .and_then(Value::as_array)
-                .ok_or_else(|| DefinitionError::Data(format!("{field} is missing")))
-        };
         let mut definitions = Definitions {
-            package: text("package")?,
-            version: text("version")?,
+            package: String::new(),
+            version: String::new(),
             by_url: HashMap::new(),
             by_type: HashMap::new(),
             profiles: HashMap::new(),
@@ -243,21 +228,34 @@ impl Definitions {
             types: HashMap::default(),
             resource_types: Vec::new(),
         };
-        for sd in array("structureDefinitions")? {
-            let sd = Arc::new(StructureDef::from_json(sd)?);
-            definitions.by_url.insert(sd.url.clone(), Arc::clone(&sd));
-            // Age, Duration and the other Quantity specialisations are their own types.
-            definitions.by_type.insert(sd.name.clone(), sd);
+        // The generated file holds one item per line inside its arrays (see fhirwall-codegen),
+        // so it is read a line at a time: the peak is one StructureDefinition's JSON tree
+        // rather than the whole file's, which would cost tens of megabytes at start-up.
+        let mut section = "";
+        for line in data.lines() {
+            let line = line.trim_end();
+            let item = line.trim_end_matches(',');
+            if let Some(rest) = item.strip_prefix("\"package\":") {
+                definitions.package = json_string(rest)?;
+            } else if let Some(rest) = item.strip_prefix("\"version\":") {
+                definitions.version = json_string(rest)?;
+            } else if let Some(name) = item.strip_prefix('"').and_then(|r| r.strip_suffix("\":[")) {
+                section = match name {
+                    "structureDefinitions" | "profiles" | "valueSets" => name,
+                    _ => return Err(DefinitionError::Data(format!("unknown section {name}"))),
+                };
+            } else if item == "]" {
+                section = "";
+            } else if item.starts_with('{') && !section.is_empty() {
+                let value: Value =
+                    serde_json::from_str(item).map_err(|e| DefinitionError::Data(e.to_string()))?;
+                definitions.add_item(section, &value)?;
+            }
         }
-        for sd in array("profiles")? {
-            let sd = Arc::new(StructureDef::from_json(sd)?);
-            definitions.by_url.insert(sd.url.clone(), Arc::clone(&sd));
-            definitions.profiles.insert(sd.url.clone(), sd);
-        }
-        for vs in array("valueSets")? {
-            let codes = ValueSetCodes::from_generated(vs)
-                .ok_or_else(|| DefinitionError::Data("a value set is malformed".into()))?;
-            definitions.value_sets.insert(codes.url.clone(), codes);
+        if definitions.package.is_empty() || definitions.by_type.is_empty() {
+            return Err(DefinitionError::Data(
+                "no package name or no StructureDefinitions".into(),
+            ));
         }
         let base: Vec<Arc<StructureDef>> = definitions.by_type.values().cloned().collect();
         for sd in base {
@@ -268,6 +266,28 @@ impl Definitions {
         }
         definitions.resource_types.sort();
         Ok(definitions)
+    }
+
+    fn add_item(&mut self, section: &str, value: &Value) -> Result<(), DefinitionError> {
+        match section {
+            "structureDefinitions" => {
+                let sd = Arc::new(StructureDef::from_json(value)?);
+                self.by_url.insert(sd.url.clone(), Arc::clone(&sd));
+                // Age, Duration and the other Quantity specialisations are their own types.
+                self.by_type.insert(sd.name.clone(), sd);
+            }
+            "profiles" => {
+                let sd = Arc::new(StructureDef::from_json(value)?);
+                self.by_url.insert(sd.url.clone(), Arc::clone(&sd));
+                self.profiles.insert(sd.url.clone(), sd);
+            }
+            _ => {
+                let codes = ValueSetCodes::from_generated(value)
+                    .ok_or_else(|| DefinitionError::Data("a value set is malformed".into()))?;
+                self.value_sets.insert(codes.url.clone(), codes);
+            }
+        }
+        Ok(())
     }
 
     fn add_type_model(&mut self, sd: &Arc<StructureDef>) {
@@ -440,6 +460,11 @@ impl Definitions {
         }
         false
     }
+}
+
+/// A JSON string literal's value.
+fn json_string(text: &str) -> Result<String, DefinitionError> {
+    serde_json::from_str(text).map_err(|e| DefinitionError::Data(e.to_string()))
 }
 
 /// How a primitive type's value is written in JSON.
