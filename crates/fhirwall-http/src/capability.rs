@@ -12,6 +12,7 @@ fn has_identifier_param(type_name: &str) -> bool {
 
 pub(crate) fn capability_statement(state: &AppState) -> Value {
     let base = state.fhir_base();
+    let profiles = state.inner.validation.validator.profiles();
     let mut resources = Vec::new();
     for info in fhirwall_model::generated::RESOURCE_TYPES {
         let mut search_params = vec![json!({
@@ -54,9 +55,25 @@ pub(crate) fn capability_statement(state: &AppState) -> Value {
                 "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"
             }],
         }));
+        let held: Vec<&str> = profiles
+            .iter()
+            .filter(|(ty, _)| ty == info.name)
+            .map(|(_, url)| url.as_str())
+            .collect();
+        if !held.is_empty()
+            && let Some(Value::Object(resource)) = resources.last_mut()
+        {
+            resource.insert("supportedProfile".into(), json!(held));
+        }
     }
     json!({
         "resourceType": "CapabilityStatement",
+        "text": {
+            "status": "generated",
+            "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>Fhirwall FHIR R4 server: what it supports.</p></div>"
+        },
+        "name": "FhirwallCapabilityStatement",
+        "title": "Fhirwall FHIR server",
         "status": "active",
         "date": "2026-11-28",
         "publisher": "Fhirwall",
@@ -74,11 +91,13 @@ pub(crate) fn capability_statement(state: &AppState) -> Value {
                     "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
                     "code": "SMART-on-FHIR"
                 }]}],
-                "description": "SMART Backend Services (client_credentials with private_key_jwt, RS384 or ES384).",
-                "extension": [{
-                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-                    "extension": [{"url": "token", "valueUri": state.token_url()}]
-                }]
+                // The oauth-uris extension would need an authorize endpoint, which backend
+                // services do not have (its definition makes `authorize` mandatory); clients
+                // find the token endpoint in .well-known/smart-configuration.
+                "description": format!(
+                    "SMART Backend Services (client_credentials with private_key_jwt, RS384 or ES384); token endpoint {}; see .well-known/smart-configuration.",
+                    state.token_url()
+                ),
             },
             "resource": resources,
             "interaction": [{"code": "history-system"}],

@@ -405,7 +405,11 @@ async fn serve(mut call: Call, segs: &[&str], body: Body) -> Result<Response, Ap
         Ok(()) => match negotiate::response_format(&call.headers, call.param("_format")) {
             Err(e) => Err(Failed::from(e)),
             Ok(_) => {
-                if interaction.resource_type().map(ResourceType::as_str) == Some("AuditEvent") {
+                // The server's own trail is read-only; validating a proposed AuditEvent is not
+                // a write, so `$validate` goes the common way.
+                if interaction.resource_type().map(ResourceType::as_str) == Some("AuditEvent")
+                    && !matches!(interaction, Interaction::Validate(..))
+                {
                     crate::audit_api::audit_event_api(
                         &call.state,
                         &call.params,

@@ -167,6 +167,18 @@ impl Validator {
             .contains_key(fhirwall_definitions::canonical_without_version(url))
     }
 
+    /// The profiles held, as (constrained type, canonical URL), sorted: what a
+    /// CapabilityStatement lists as supported profiles.
+    pub fn profiles(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .profile_map()
+            .iter()
+            .map(|(url, entry)| (entry.structure.type_name.clone(), url.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Whether invariants (FHIRPath constraints) are evaluated, and how.
     pub fn invariant_support(&self) -> InvariantSupport {
         self.constraints.support()

@@ -394,6 +394,29 @@ async fn profiles_from_a_package_and_through_the_api() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
 
+    // The CapabilityStatement lists the profiles held, and is itself valid.
+    let capability = json(c.get("metadata").send().await.unwrap()).await;
+    let patient_entry = capability["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Patient")
+        .unwrap();
+    assert!(
+        patient_entry["supportedProfile"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == US_CORE_PATIENT)
+    );
+    let r = c
+        .post("CapabilityStatement/$validate", &capability)
+        .send()
+        .await
+        .unwrap();
+    let outcome = json(r).await;
+    assert_eq!(error_count(&outcome), 0, "{outcome}");
+
     // A profile uploaded with a differential only: the server builds its snapshot.
     let url = "https://example.org/fhir/StructureDefinition/patient-with-birthdate";
     let r = c
@@ -503,4 +526,64 @@ async fn profiles_from_a_package_and_through_the_api() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn what_the_server_writes_is_valid_fhir() {
+    let server = Server::start().await;
+    let c = server.client("system/*.cruds").await;
+    let created = c.create(&patient("Self", "MRN-SELF")).await;
+    let id = created["id"].as_str().unwrap();
+    let mut answers = vec![
+        created.clone(),
+        json(c.get("metadata").send().await.unwrap()).await,
+        json(c.get("Patient?identifier=MRN-SELF").send().await.unwrap()).await,
+        json(
+            c.get("Patient?identifier=MRN-SELF&_summary=count")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+        json(
+            c.get(&format!("Patient/{id}/_history"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+        json(c.get("_history").send().await.unwrap()).await,
+        json(c.get("Patient/unknown-id").send().await.unwrap()).await,
+        json(
+            c.post("Observation", &json!({"resourceType": "Observation"}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+    ];
+    let trail = json(
+        c.get(&format!("AuditEvent?patient=Patient/{id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    answers.push(trail["entry"][0]["resource"].clone());
+    answers.push(trail);
+    for answer in answers {
+        let resource_type = answer["resourceType"].as_str().unwrap().to_string();
+        let r = c
+            .post(&format!("{resource_type}/$validate"), &answer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{resource_type}");
+        let outcome = json(r).await;
+        assert_eq!(
+            error_count(&outcome),
+            0,
+            "{resource_type}: {answer}\n{outcome}"
+        );
+    }
 }
