@@ -1216,11 +1216,51 @@ impl<'a> Walker<'a> {
             .and_then(Value::as_str)
     }
 
-    /// Reference rules: syntax, local resolution (ref-1), allowed target types.
+    /// Reference rules: syntax, local resolution (ref-1), allowed target types, and a declared
+    /// `type` that agrees with the reference.
     fn reference(&mut self, object: &'a Map<String, Value>, element: Option<&ElementDef>) {
-        let Some(reference) = object.get("reference").and_then(Value::as_str) else {
+        let target_type = match object.get("reference").and_then(Value::as_str) {
+            Some(reference) => self.reference_target(reference, element),
+            None => None,
+        };
+        let Some(declared) = object.get("type").and_then(Value::as_str) else {
             return;
         };
+        // `type` is a StructureDefinition URL, relative to the core's for resource types.
+        let declared = declared
+            .strip_prefix("http://hl7.org/fhir/StructureDefinition/")
+            .unwrap_or(declared);
+        if !self.defs.resource_types().iter().any(|t| t == declared) {
+            return;
+        }
+        let mark = self.push_segment("type");
+        match target_type {
+            Some(target) if target != declared => {
+                self.error(
+                    IssueCode::Invalid,
+                    "reference-type-mismatch",
+                    format!(
+                        "{} says {declared}, but the reference points to a {target}.",
+                        self.path
+                    ),
+                );
+            }
+            Some(_) => {}
+            None => {
+                if let Some(element) = element {
+                    self.check_reference_target(declared, element);
+                }
+            }
+        }
+        self.pop(mark);
+    }
+
+    /// The checks of `Reference.reference`; the type it points to, when it can tell.
+    fn reference_target(
+        &mut self,
+        reference: &'a str,
+        element: Option<&ElementDef>,
+    ) -> Option<&'a str> {
         let mark = self.push_segment("reference");
         let target_type = match parse_reference(self.defs, reference) {
             Err(ReferenceSyntaxError::Malformed) => {
@@ -1298,6 +1338,7 @@ impl<'a> Walker<'a> {
             self.check_reference_target(target_type, element);
         }
         self.pop(mark);
+        target_type
     }
 
     fn bundle_type_of(&self, full_url: &str) -> Option<&'a str> {
