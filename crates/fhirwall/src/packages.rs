@@ -73,3 +73,82 @@ fn collect(value: Value, out: &mut Vec<Value>) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    fn temp_file(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "fhirwall-packages-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    fn profile(url: &str) -> Value {
+        serde_json::json!({"resourceType": "StructureDefinition", "url": url})
+    }
+
+    #[test]
+    fn reads_an_npm_package() {
+        let path = temp_file("p.tgz");
+        let file = std::fs::File::create(&path).unwrap();
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            file,
+            flate2::Compression::fast(),
+        ));
+        let mut add = |name: &str, value: &Value| {
+            let bytes = serde_json::to_vec(value).unwrap();
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder
+                .append_data(&mut header, name, bytes.as_slice())
+                .unwrap();
+        };
+        add("package/package.json", &serde_json::json!({"name": "x"}));
+        add(
+            "package/StructureDefinition-a.json",
+            &profile("https://e.org/a"),
+        );
+        add(
+            "package/ValueSet-v.json",
+            &serde_json::json!({"resourceType": "ValueSet"}),
+        );
+        add(
+            "package/other/StructureDefinition-b.json",
+            &profile("https://e.org/b"),
+        );
+        builder.into_inner().unwrap().finish().unwrap();
+        let found = structure_definitions(&path).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0]["url"], "https://e.org/a");
+    }
+
+    #[test]
+    fn reads_json_arrays_bundles_and_single_resources() {
+        let path = temp_file("p.json");
+        let bundle = serde_json::json!([
+            profile("https://e.org/1"),
+            {"resourceType": "Bundle", "entry": [
+                {"resource": profile("https://e.org/2")},
+                {"resource": {"resourceType": "Patient"}}
+            ]}
+        ]);
+        std::fs::write(&path, serde_json::to_vec(&bundle).unwrap()).unwrap();
+        let urls: Vec<Value> = structure_definitions(&path)
+            .unwrap()
+            .into_iter()
+            .map(|sd| sd["url"].clone())
+            .collect();
+        assert_eq!(urls, ["https://e.org/1", "https://e.org/2"]);
+        std::fs::write(&path, br#"{"resourceType": "Patient"}"#).unwrap();
+        assert!(structure_definitions(&path).is_err());
+    }
+}
