@@ -129,6 +129,7 @@ mod tests {
         let found = structure_definitions(&path).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0]["url"], "https://e.org/a");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]
@@ -150,5 +151,6 @@ mod tests {
         assert_eq!(urls, ["https://e.org/1", "https://e.org/2"]);
         std::fs::write(&path, br#"{"resourceType": "Patient"}"#).unwrap();
         assert!(structure_definitions(&path).is_err());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }
