@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::invariant::{ConstraintEngine, ConstraintSite, Focus, Verdict, is_native};
 use crate::issue::{Issue, IssueCode, IssueSink, Outcome, Severity};
-use crate::narrative::check_narrative;
+use crate::narrative::{NarrativeProblem, check_narrative};
 use crate::primitive::{JsonKind, check_primitive, is_uri_type, is_valid_id, json_kind};
 use crate::reference::{
     ReferenceForm, ReferenceSyntaxError, parse_reference, target_type_of_profile,
@@ -1173,13 +1173,16 @@ impl<'a> Walker<'a> {
         if let Err(problem) = check_narrative(text) {
             let sentence = format!("{} {}.", self.path, problem.describe());
             let key = problem.constraint_key();
-            self.report_keyed(
-                Severity::Error,
-                IssueCode::Value,
-                problem.rule(),
-                sentence,
-                key,
-            );
+            // Safety problems refuse the resource. An empty (whitespace-only) narrative breaks
+            // txt-2's text but not its R4 expression (`htmlChecks()`, which the HL7 validator
+            // reads as the markup check), and four of the specification's own examples have
+            // one: a warning, so what HL7 accepts is accepted here too.
+            let severity = if problem == NarrativeProblem::Empty {
+                Severity::Warning
+            } else {
+                Severity::Error
+            };
+            self.report_keyed(severity, IssueCode::Value, problem.rule(), sentence, key);
         }
     }
 

@@ -95,3 +95,26 @@ fn every_valid_corpus_resource_passes() {
         assert!(warnings.is_empty(), "{name}:\n{}", describe(&outcome));
     }
 }
+
+#[test]
+fn a_whitespace_only_narrative_is_a_warning_not_an_error() {
+    // txt-2's text asks for content; its R4 expression and the HL7 validator only check the
+    // markup, and four of the specification's examples have empty narratives.
+    let resource = serde_json::json!({
+        "resourceType": "Patient",
+        "text": {
+            "status": "generated",
+            "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">\n   <pre>\n</pre></div>"
+        }
+    });
+    let outcome = validator().validate(&resource, &ValidateOptions::default());
+    assert!(outcome.is_valid(), "{}", describe(&outcome));
+    assert!(
+        outcome.issues.iter().any(|i| i.rule == "narrative-empty"
+            && i.severity == fhirwall_validation::Severity::Warning
+            && i.expression == "Patient.text.div"
+            && i.constraint_key.as_deref() == Some("txt-2")),
+        "{}",
+        describe(&outcome)
+    );
+}

@@ -11,8 +11,8 @@ use fhirwall_validation::Validator;
 
 use crate::support::{describe, errors};
 
-/// Example files that are invalid, with the rule each one breaks. All but the txt-2 and
-/// policy entries break a rule HL7's validator enforces as an error (required elements,
+/// Example files that are invalid, with the rule each one breaks. All but the policy entry
+/// break a rule HL7's validator enforces as an error (required elements,
 /// reference target types, resource id length, error-severity invariants of the core).
 const KNOWN_INVALID: &[(&str, &str)] = &[
     // Required elements missing (cardinality min 1 in the core definitions).
@@ -110,25 +110,6 @@ const KNOWN_INVALID: &[(&str, &str)] = &[
     (
         "StructureDefinition-Request.json",
         "sdf-4: a non-abstract logical model without baseDefinition",
-    ),
-    // txt-2 (error severity in R4): the div holds only whitespace. HL7's FHIRPath engine
-    // implements this check as htmlChecks2; its XHTML validator does not, so depending on the
-    // validator version HL7 may only report it through the invariant.
-    (
-        "ActivityDefinition-blood-tubes-supply.json",
-        "txt-2: the narrative div is whitespace only",
-    ),
-    (
-        "ActivityDefinition-heart-valve-replacement.json",
-        "txt-2: the narrative div is whitespace only",
-    ),
-    (
-        "EventDefinition-example.json",
-        "txt-2: the narrative div is whitespace only",
-    ),
-    (
-        "Questionnaire-zika-virus-exposure-assessment.json",
-        "txt-2: the narrative div holds only an empty <pre>",
     ),
     // Server policy, not a rule HL7 enforces: HL7's validator lets example.org extensions
     // pass, Fhirwall refuses modifier extensions it does not know.
