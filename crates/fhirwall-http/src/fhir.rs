@@ -1082,13 +1082,8 @@ fn gone(resource_type: &ResourceType) -> ApiError {
 // Reads
 
 async fn read(call: &Call, resource_type: &ResourceType, id: &str) -> Result<Done, Failed> {
-    let row = call
-        .state
-        .inner
-        .store
-        .read_current(call.tenant(), resource_type.as_str(), id)
-        .await
-        .map_err(ApiError::from)?
+    let row = current_version(call, resource_type.as_str(), id)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("No {resource_type} with this id.")))?;
     if row.is_deleted() {
         return Err(gone(resource_type).into());
@@ -1190,6 +1185,20 @@ struct Written {
     version: u64,
     micros: i64,
     stored: Option<Vec<u8>>,
+}
+
+/// The current version of a resource (deleted ones included), as the store has it.
+async fn current_version(
+    call: &Call,
+    resource_type: &str,
+    id: &str,
+) -> Result<Option<StoredVersion>, ApiError> {
+    call.state
+        .inner
+        .store
+        .read_current(call.tenant(), resource_type, id)
+        .await
+        .map_err(ApiError::from)
 }
 
 /// Seals the version and its audit record and hands both to the store in one write.
@@ -1416,13 +1425,7 @@ async fn create(call: &Call, resource_type: &ResourceType, body: Body) -> Result
             Err(WriteConflict::GuardMatched { ids }) => {
                 // Another request created a match between our search and our commit.
                 if let [only] = ids.as_slice() {
-                    let existing = call
-                        .state
-                        .inner
-                        .store
-                        .read_current(call.tenant(), resource_type.as_str(), only)
-                        .await
-                        .map_err(ApiError::from)?;
+                    let existing = current_version(call, resource_type.as_str(), only).await?;
                     if let Some(existing) = existing {
                         return existing_match(call, resource_type, &existing);
                     }
@@ -1545,13 +1548,7 @@ async fn write_version(
     let is_patch = call.method == http::Method::PATCH;
     let _queue = call.state.lock_resource(resource_type.as_str(), id).await;
     for _ in 0..WRITE_ATTEMPTS {
-        let current = call
-            .state
-            .inner
-            .store
-            .read_current(call.tenant(), resource_type.as_str(), id)
-            .await
-            .map_err(ApiError::from)?;
+        let current = current_version(call, resource_type.as_str(), id).await?;
         if let Some(expected) = expected {
             match &current {
                 Some(row) if row.version == expected && !row.is_deleted() => {}
@@ -1716,13 +1713,7 @@ async fn delete(
     for _ in 0..WRITE_ATTEMPTS {
         let current = match known.take() {
             Some(row) => Some(row),
-            None => call
-                .state
-                .inner
-                .store
-                .read_current(call.tenant(), resource_type.as_str(), id)
-                .await
-                .map_err(ApiError::from)?,
+            None => current_version(call, resource_type.as_str(), id).await?,
         };
         if let Some(expected) = expected
             && current
@@ -2030,13 +2021,7 @@ async fn history(
     let since = call.param("_since").map(parse_since).transpose()?;
     let before = cursor(call)?;
     if let (Some(t), Some(id)) = (resource_type, id) {
-        let exists = call
-            .state
-            .inner
-            .store
-            .read_current(call.tenant(), t.as_str(), id)
-            .await
-            .map_err(ApiError::from)?;
+        let exists = current_version(call, t.as_str(), id).await?;
         if exists.is_none() {
             return Err(ApiError::not_found(format!("No {t} with this id.")).into());
         }
@@ -2245,13 +2230,7 @@ async fn validate_operation(
     let mut detail = AuditDetail::default();
     if let Some(id) = id {
         detail.entities.push(format!("{resource_type}/{id}"));
-        let current = call
-            .state
-            .inner
-            .store
-            .read_current(call.tenant(), resource_type.as_str(), id)
-            .await
-            .map_err(ApiError::from)?;
+        let current = current_version(call, resource_type.as_str(), id).await?;
         let exists = current.as_ref().is_some_and(|row| !row.is_deleted());
         if matches!(mode, Some("update" | "delete")) && !exists {
             return Err(Failed {
