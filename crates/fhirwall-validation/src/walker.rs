@@ -945,27 +945,13 @@ impl<'a> Walker<'a> {
         let value = match value {
             Some(Value::Null) if in_array && shadow.is_some() => None,
             Some(Value::Null) => {
-                self.error(
-                    IssueCode::Structure,
-                    "null-value",
-                    format!(
-                        "{} is null; FHIR JSON allows null only inside a primitive array paired with its '_' extension array.",
-                        self.path
-                    ),
-                );
+                self.null_value();
                 return;
             }
             other => other,
         };
         if value.is_none() && shadow.is_none() {
-            self.error(
-                IssueCode::Structure,
-                "null-value",
-                format!(
-                    "{} is null; FHIR JSON allows null only inside a primitive array paired with its '_' extension array.",
-                    self.path
-                ),
-            );
+            self.null_value();
             return;
         }
         if let Some(value) = value {
@@ -1166,6 +1152,17 @@ impl<'a> Walker<'a> {
                 }
             }
         }
+    }
+
+    fn null_value(&mut self) {
+        self.error(
+            IssueCode::Structure,
+            "null-value",
+            format!(
+                "{} is null; FHIR JSON allows null only inside a primitive array paired with its '_' extension array.",
+                self.path
+            ),
+        );
     }
 
     fn narrative_div(&mut self, value: &Value) {

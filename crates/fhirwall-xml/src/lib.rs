@@ -111,6 +111,21 @@ pub enum XmlError {
 }
 
 /// Renders an optional path as a message prefix.
+/// The type model of a concrete resource type named in a document (an XML root or wrapper
+/// element, a JSON `resourceType`).
+fn concrete_resource_type<'d>(
+    defs: &'d Definitions,
+    name: &str,
+    path: Option<&path::Path<'_>>,
+) -> Result<&'d fhirwall_definitions::TypeInfo, XmlError> {
+    defs.type_info(name)
+        .filter(|info| info.kind == fhirwall_definitions::TypeKind::Resource && !info.is_abstract)
+        .ok_or_else(|| XmlError::UnknownResourceType {
+            path: path.map(path::Path::render),
+            name: path::truncated(name).to_owned(),
+        })
+}
+
 fn prefix(path: &Option<String>) -> String {
     match path {
         Some(path) => format!("{path}: "),

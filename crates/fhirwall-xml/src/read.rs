@@ -197,14 +197,7 @@ impl<'d, 'input> Reader<'d, 'input> {
         if node.tag_name().namespace() != Some(FHIR_NS) {
             return Err(XmlError::WrongNamespace { path: own.render() });
         }
-        let info = self
-            .defs
-            .type_info(name)
-            .filter(|info| info.kind == TypeKind::Resource && !info.is_abstract)
-            .ok_or_else(|| XmlError::UnknownResourceType {
-                path: path.map(Path::render),
-                name: truncated(name).to_owned(),
-            })?;
+        let info = crate::concrete_resource_type(self.defs, name, path)?;
         if depth > self.max_depth {
             return Err(XmlError::TooDeep {
                 path: own.render(),

@@ -2,9 +2,7 @@
 
 use std::borrow::Cow;
 
-use fhirwall_definitions::{
-    ChildDef, Definitions, JsonPrimitive, TypeInfo, TypeKind, json_primitive,
-};
+use fhirwall_definitions::{ChildDef, Definitions, JsonPrimitive, TypeInfo, json_primitive};
 use serde_json::{Map, Value};
 
 use crate::path::Path;
@@ -64,14 +62,7 @@ impl<'d> Writer<'d> {
                 path: path.map(Path::render),
             });
         };
-        let info = self
-            .defs
-            .type_info(name)
-            .filter(|info| info.kind == TypeKind::Resource && !info.is_abstract)
-            .ok_or_else(|| XmlError::UnknownResourceType {
-                path: path.map(Path::render),
-                name: crate::path::truncated(name).to_owned(),
-            })?;
+        let info = crate::concrete_resource_type(self.defs, name, path)?;
         let own = match path {
             Some(path) => *path,
             None => Path::root(name),
