@@ -23,10 +23,14 @@ pub fn workspace_root() -> PathBuf {
     root.canonicalize().unwrap_or(root)
 }
 
-/// Where the core package is expected: `../shared/fhir-r4/hl7.fhir.r4.core-4.0.1.tgz` relative to
-/// the workspace root.
+/// Where the core package is expected: in `$FHIR_R4_PACKAGES_DIR` when set, else
+/// `../shared/fhir-r4/hl7.fhir.r4.core-4.0.1.tgz` relative to the workspace root.
 pub fn default_package_path() -> PathBuf {
-    workspace_root().join("../shared/fhir-r4/hl7.fhir.r4.core-4.0.1.tgz")
+    // The same variable the test-data reader honours, for checkouts not beside `../shared`.
+    match std::env::var_os("FHIR_R4_PACKAGES_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("hl7.fhir.r4.core-4.0.1.tgz"),
+        _ => workspace_root().join("../shared/fhir-r4/hl7.fhir.r4.core-4.0.1.tgz"),
+    }
 }
 
 /// The directories the generator owns, relative to the workspace root: a file there that it

@@ -18,12 +18,19 @@ pub const EXAMPLES_PACKAGE: &str = "hl7.fhir.r4.examples-4.0.1.tgz";
 /// The eight US Core 5.0.1 StructureDefinitions, as one JSON array.
 pub const US_CORE_DEFINITIONS: &str = "us-core-5.0.1-structuredefinitions.json";
 
-/// The shared FHIR folder beside the workspace: `<workspace>/../shared/fhir-r4`.
+/// The variable that points at the FHIR packages when the checkout does not sit beside them.
+pub const PACKAGES_DIR_VARIABLE: &str = "FHIR_R4_PACKAGES_DIR";
+
+/// The shared FHIR folder: `$FHIR_R4_PACKAGES_DIR` when set, else beside the workspace,
+/// `<workspace>/../shared/fhir-r4`.
 pub fn shared_fhir_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fhir-r4"
-    ))
+    match std::env::var_os(PACKAGES_DIR_VARIABLE) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/fhir-r4"
+        )),
+    }
 }
 
 /// Where the shared file `name` is, or would be; for notes that name the missing file.
