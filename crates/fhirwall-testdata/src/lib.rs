@@ -112,13 +112,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_shared_folder_sits_beside_the_workspace() {
+    fn the_shared_folder_is_the_variable_or_beside_the_workspace() {
         let dir = shared_fhir_dir();
-        assert!(
-            dir.ends_with("../../../shared/fhir-r4"),
-            "{}",
-            dir.display()
-        );
+        match std::env::var_os(PACKAGES_DIR_VARIABLE) {
+            Some(set) if !set.is_empty() => assert_eq!(dir, PathBuf::from(set)),
+            _ => assert!(
+                dir.ends_with("../../../shared/fhir-r4"),
+                "{}",
+                dir.display()
+            ),
+        }
         assert_eq!(shared_file(CORE_PACKAGE), dir.join(CORE_PACKAGE));
     }
 
