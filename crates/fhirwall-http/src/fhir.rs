@@ -1381,7 +1381,15 @@ async fn create(call: &Call, resource_type: &ResourceType, body: Body) -> Result
         let matches = find(call, resource_type, &criteria, None, 2).await?;
         match matches.as_slice() {
             [] => {}
-            [existing] => return existing_match(call, resource_type, existing),
+            [existing] => {
+                // Nothing is written, but an invalid body is still the client's error to hear
+                // about, whether or not a match exists.
+                call.state
+                    .inner
+                    .validation
+                    .check_write(&Value::Object(map.clone()), false)?;
+                return existing_match(call, resource_type, existing);
+            }
             _ => {
                 return Err(
                     precondition_failed("More than one resource matches If-None-Exist.").into(),

@@ -173,6 +173,15 @@ async fn invalid_writes_are_refused_one_issue_per_problem_and_store_nothing() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
 
+    // A conditional create whose condition matches still refuses an invalid body.
+    let r = c
+        .post("Patient", &bad)
+        .header("if-none-exist", "identifier=MRN-V1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
     // A patch whose result is invalid is 422.
     let r = c
         .http
