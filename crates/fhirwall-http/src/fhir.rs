@@ -1185,6 +1185,8 @@ struct Written {
     version: u64,
     micros: i64,
     stored: Option<Vec<u8>>,
+    /// What validation warned about, for `Prefer: return=OperationOutcome`.
+    warnings: Vec<OperationOutcome>,
 }
 
 /// The current version of a resource (deleted ones included), as the store has it.
@@ -1207,11 +1209,12 @@ async fn commit(call: &Call, new: NewVersion) -> Result<Result<Written, WriteCon
     let validation = &call.state.inner.validation;
     let is_structure_definition = new.resource_type.as_str() == "StructureDefinition";
     let mut profile = None;
+    let mut warnings = Vec::new();
     let (stored, terms, patients) = match new.body {
         Some(map) => {
             // Nothing is sealed, stored or audited as written unless it is valid.
             let unstamped = Value::Object(map);
-            validation.check_write(&unstamped, new.method == Method::Patch)?;
+            warnings = validation.check_write(&unstamped, new.method == Method::Patch)?;
             if is_structure_definition {
                 profile = validation.prepare_profile(&unstamped)?;
             }
@@ -1308,6 +1311,7 @@ async fn commit(call: &Call, new: NewVersion) -> Result<Result<Written, WriteCon
         version: new.version,
         micros,
         stored,
+        warnings,
     }))
 }
 
@@ -1332,8 +1336,9 @@ fn write_response(
             } else {
                 "The resource was updated."
             };
-            let outcome =
+            let mut outcome =
                 OperationOutcome::information(if created { "created" } else { "updated" }, message);
+            outcome.more = written.warnings.clone();
             fhir_json(
                 status,
                 &outcome.to_json(&call.who.request_id),
@@ -1384,7 +1389,8 @@ async fn create(call: &Call, resource_type: &ResourceType, body: Body) -> Result
             [existing] => {
                 // Nothing is written, but an invalid body is still the client's error to hear
                 // about, whether or not a match exists.
-                call.state
+                let _warnings = call
+                    .state
                     .inner
                     .validation
                     .check_write(&Value::Object(map.clone()), false)?;

@@ -147,12 +147,23 @@ impl Validation {
     /// Validates a resource about to be written. A failure lists every problem: 400 when the
     /// body does not even have FHIR's shape, 422 when it breaks the definitions' rules (and
     /// always 422 for the result of a patch, whose document itself was fine).
-    pub(crate) fn check_write(&self, resource: &Value, is_patch: bool) -> Result<(), ApiError> {
+    /// On success, the warnings (not the information notes), for a client that prefers an
+    /// OperationOutcome back.
+    pub(crate) fn check_write(
+        &self,
+        resource: &Value,
+        is_patch: bool,
+    ) -> Result<Vec<OperationOutcome>, ApiError> {
         let outcome = self
             .validator
             .validate(resource, &ValidateOptions::default());
         if outcome.is_valid() {
-            return Ok(());
+            return Ok(outcome
+                .issues
+                .iter()
+                .filter(|issue| issue.severity == Severity::Warning)
+                .map(issue_outcome)
+                .collect());
         }
         let structural = outcome
             .errors()

@@ -197,9 +197,28 @@ async fn invalid_writes_are_refused_one_issue_per_problem_and_store_nothing() {
 
     // Nothing of the above was stored.
     assert_eq!(versions(&c).await, 1);
+
     let current = json(c.get(&format!("Patient/{id}")).send().await.unwrap()).await;
     assert_eq!(current["meta"]["versionId"], "1");
     assert_eq!(current["gender"], "female");
+
+    // A client that prefers an OperationOutcome hears the warnings of an accepted write.
+    let r = c
+        .post("Patient", &patient("Warned", "MRN-W1"))
+        .header("prefer", "return=OperationOutcome")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let outcome = json(r).await;
+    let found = issues(&outcome);
+    assert_eq!(found[0].0, "information", "{outcome}");
+    assert!(
+        found
+            .iter()
+            .any(|(s, c, e)| s == "warning" && c == "invariant" && e == "Patient"),
+        "{outcome}"
+    );
 
     // A valid resource of another type is accepted.
     let r = c
