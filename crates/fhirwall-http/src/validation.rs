@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use fhirwall_definitions::{Definitions, Derivation, StructureDef};
+use fhirwall_definitions::{Definitions, Derivation, Kind, StructureDef};
 use fhirwall_model::{IssueSeverity, IssueType, OperationOutcome};
 use fhirwall_validation::{Issue, IssueCode, Severity, ValidateOptions, Validator};
 use http::StatusCode;
@@ -80,8 +80,15 @@ impl Validation {
                 "StructureDefinition.snapshot",
             )
         })?;
-        if parsed.derivation != Derivation::Constraint {
+        // Constraints on logical models are stored but describe no resource to validate.
+        if parsed.derivation != Derivation::Constraint || parsed.kind == Kind::Logical {
             return Ok(None);
+        }
+        if let Err(error) = self.validator.check_profile(&parsed) {
+            return Err(profile_error(
+                &format!("The profile cannot be used: {error}"),
+                "StructureDefinition",
+            ));
         }
         Ok(Some(PreparedProfile {
             url: url.to_owned(),

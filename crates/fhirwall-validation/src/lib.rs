@@ -116,9 +116,9 @@ impl Validator {
         self.defs
     }
 
-    /// Registers a profile or extension definition (with its snapshot), replacing one with
-    /// the same url.
-    pub fn add_profile(&self, structure: Arc<StructureDef>) -> Result<(), ValidationSetupError> {
+    /// Whether [`Validator::add_profile`] would take this definition, so a caller can refuse it
+    /// before storing it.
+    pub fn check_profile(&self, structure: &StructureDef) -> Result<(), ValidationSetupError> {
         if structure.url.is_empty() {
             return Err(ValidationSetupError::MissingUrl);
         }
@@ -133,6 +133,13 @@ impl Validator {
                 structure.type_name.clone(),
             ));
         }
+        Ok(())
+    }
+
+    /// Registers a profile or extension definition (with its snapshot), replacing one with
+    /// the same url.
+    pub fn add_profile(&self, structure: Arc<StructureDef>) -> Result<(), ValidationSetupError> {
+        self.check_profile(&structure)?;
         let url = fhirwall_definitions::canonical_without_version(&structure.url).to_owned();
         let entry = Arc::new(ProfileEntry::new(structure));
         // Build the index now: registration is rare, validation should not pay for it.

@@ -493,6 +493,28 @@ async fn profiles_from_a_package_and_through_the_api() {
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(versions(&c).await, before);
 
+    // A profile of a type FHIR does not have is refused too, rather than stored unused.
+    let mut unknown = birthdate_profile("https://example.org/fhir/StructureDefinition/unknown");
+    unknown["type"] = json!("Spaceship");
+    unknown["baseDefinition"] = json!("http://hl7.org/fhir/StructureDefinition/DomainResource");
+    unknown["differential"] = json!({"element": [{"id": "Spaceship", "path": "Spaceship"}]});
+    unknown["snapshot"] = json!({"element": [{
+        "id": "Spaceship", "path": "Spaceship", "definition": "A vessel.", "min": 0, "max": "*",
+        "base": {"path": "Spaceship", "min": 0, "max": "*"}
+    }]});
+    let r = c
+        .post("StructureDefinition", &unknown)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let outcome = json(r).await;
+    assert_eq!(
+        outcome["issue"][0]["details"]["coding"][0]["code"], "invalid-profile",
+        "{outcome}"
+    );
+    assert_eq!(versions(&c).await, before);
+
     // Profiles survive a restart: loaded from the store.
     server.terminate();
     let server = Server::start_in(&dir, &[]).await;
