@@ -28,6 +28,8 @@ pub enum Op {
     CreateObservation,
     /// GET /fhir/Patient/{id} of a pool patient.
     ReadPatient,
+    /// The same read, answered as FHIR XML (`Accept: application/fhir+xml`).
+    ReadPatientXml,
     /// Creates: one Patient, then `n` Observations about pool patients, and again.
     Mixed(u64),
     /// GET / on the hello-world ceiling server.
@@ -40,6 +42,7 @@ impl Op {
             Op::CreatePatient => "create-patient".into(),
             Op::CreateObservation => "create-observation".into(),
             Op::ReadPatient => "read-patient".into(),
+            Op::ReadPatientXml => "read-patient-xml".into(),
             Op::Mixed(n) => format!("create-mixed(1:{n})"),
             Op::Hello => "hello-tls (ceiling)".into(),
         }
@@ -50,9 +53,10 @@ impl Op {
             "create-patient" => Op::CreatePatient,
             "create-observation" => Op::CreateObservation,
             "read-patient" => Op::ReadPatient,
+            "read-patient-xml" => Op::ReadPatientXml,
             "hello" => Op::Hello,
             other => bail!(
-                "unknown op {other:?}: expected create-patient, create-observation, read-patient or hello"
+                "unknown op {other:?}: expected create-patient, create-observation, read-patient, read-patient-xml or hello"
             ),
         })
     }
@@ -60,7 +64,7 @@ impl Op {
     /// Whether the op needs patients created beforehand.
     pub fn needs_pool(&self) -> bool {
         match self {
-            Op::CreateObservation | Op::ReadPatient => true,
+            Op::CreateObservation | Op::ReadPatient | Op::ReadPatientXml => true,
             Op::Mixed(n) => *n > 0,
             Op::CreatePatient | Op::Hello => false,
         }
@@ -159,19 +163,25 @@ impl Workload {
                     self.create_observation(seq)
                 }
             }
-            Op::ReadPatient => {
+            Op::ReadPatient | Op::ReadPatientXml => {
                 let path = self
                     .read_paths
                     .get(self.pool_index(seq))
                     .cloned()
                     .unwrap_or_else(|| Uri::from_static("/fhir/Patient/none"));
-                let req = request(
+                let mut req = request(
                     Method::GET,
                     path,
                     self.token.as_ref().map(|t| t.get()),
                     None,
                     Bytes::new(),
                 )?;
+                if self.op == Op::ReadPatientXml {
+                    req.headers_mut().insert(
+                        http::header::ACCEPT,
+                        http::HeaderValue::from_static("application/fhir+xml"),
+                    );
+                }
                 Ok((req, StatusCode::OK))
             }
             Op::Hello => {
@@ -431,6 +441,8 @@ mod tests {
         assert_eq!(Op::parse("read-patient").unwrap(), Op::ReadPatient);
         assert!(Op::parse("delete-all").is_err());
         assert!(Op::ReadPatient.needs_pool());
+        assert_eq!(Op::parse("read-patient-xml").unwrap(), Op::ReadPatientXml);
+        assert!(Op::ReadPatientXml.needs_pool());
         assert!(!Op::CreatePatient.needs_pool());
         assert!(!Op::Mixed(0).needs_pool());
         assert!(Op::Mixed(3).needs_pool());

@@ -80,7 +80,7 @@ struct RunArgs {
     server: ServerArgs,
     #[command(flatten)]
     load: LoadArgs,
-    /// Ops, comma separated: create-patient, create-observation, read-patient.
+    /// Ops, comma separated: create-patient, create-observation, read-patient, read-patient-xml.
     #[arg(
         long,
         value_delimiter = ',',
