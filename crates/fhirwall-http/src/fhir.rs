@@ -973,16 +973,10 @@ async fn find(
 }
 
 fn open_version(call: &Call, row: &StoredVersion) -> Result<Vec<u8>, ApiError> {
-    let sealed = row.sealed_body.as_ref().ok_or_else(ApiError::internal)?;
-    Ok(call.state.inner.envelope.open(
-        &AadContext::Resource {
-            tenant: &row.tenant,
-            resource_type: &row.resource_type,
-            id: &row.id,
-            version: row.version,
-        },
-        sealed,
-    )?)
+    if row.sealed_body.is_none() {
+        return Err(ApiError::internal());
+    }
+    Ok(call.state.open_version(row)?)
 }
 
 fn patients_of(resource_type: &ResourceType, id: &str, body: &Value) -> Vec<String> {
@@ -2177,15 +2171,17 @@ async fn validate_request(
         request.resource = Some(value);
         return Ok(request);
     }
-    let parameters = value
-        .get("parameter")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    for parameter in parameters {
+    let mut value = value;
+    let parameters = match value.get_mut("parameter").map(Value::take) {
+        Some(Value::Array(parameters)) => parameters,
+        _ => Vec::new(),
+    };
+    for mut parameter in parameters {
         let name = parameter.get("name").and_then(Value::as_str).unwrap_or("");
         match name {
-            "resource" => request.resource = parameter.get("resource").cloned(),
+            "resource" => {
+                request.resource = parameter.as_object_mut().and_then(|p| p.remove("resource"));
+            }
             "mode" => {
                 request.mode = parameter
                     .get("valueCode")

@@ -160,21 +160,11 @@ impl AppState {
             .await
             .map_err(|e| format!("cannot list stored StructureDefinitions: {e}"))?;
         for row in stored {
-            let Some(sealed) = &row.sealed_body else {
+            if row.is_deleted() {
                 continue;
-            };
+            }
             let plain = self
-                .inner
-                .envelope
-                .open(
-                    &fhirwall_crypto::AadContext::Resource {
-                        tenant: &self.inner.tenant,
-                        resource_type: "StructureDefinition",
-                        id: &row.id,
-                        version: row.version,
-                    },
-                    sealed,
-                )
+                .open_version(&row)
                 .map_err(|e| format!("cannot open StructureDefinition/{}: {e}", row.id))?;
             let sd: serde_json::Value = serde_json::from_slice(&plain)
                 .map_err(|_| format!("StructureDefinition/{} is not JSON", row.id))?;
@@ -190,6 +180,24 @@ impl AppState {
             }
         }
         Ok(count)
+    }
+
+    /// The plaintext of a stored version, its associated data rebuilt from the row. A row
+    /// without a body (a delete) is an error: callers open only versions that have one.
+    pub(crate) fn open_version(
+        &self,
+        row: &fhirwall_store::StoredVersion,
+    ) -> Result<Vec<u8>, fhirwall_crypto::CryptoError> {
+        let sealed = row.sealed_body.as_deref().unwrap_or_default();
+        self.inner.envelope.open(
+            &fhirwall_crypto::AadContext::Resource {
+                tenant: &row.tenant,
+                resource_type: &row.resource_type,
+                id: &row.id,
+                version: row.version,
+            },
+            sealed,
+        )
     }
 
     pub(crate) fn fhir_base(&self) -> String {

@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 
-use crate::support::{Client, Server, json, patient};
+use crate::support::{Client, Server, json, patient, stored_versions};
 
 async fn post_raw(
     c: &Client,
@@ -38,11 +38,6 @@ fn code_of(outcome: &Value) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-async fn stored_versions(c: &Client) -> usize {
-    let h = json(c.get("_history?_count=1000").send().await.unwrap()).await;
-    h["entry"].as_array().map_or(0, Vec::len)
 }
 
 #[tokio::test]

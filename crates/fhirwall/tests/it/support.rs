@@ -365,6 +365,13 @@ pub fn patient(family: &str, mrn: &str) -> Value {
     })
 }
 
+/// How many resource versions the server holds (system history), to show a refusal stored
+/// nothing.
+pub async fn stored_versions(c: &Client) -> usize {
+    let h = json(c.get("_history?_count=1000").send().await.unwrap()).await;
+    h["entry"].as_array().map_or(0, Vec::len)
+}
+
 pub async fn json(response: reqwest::Response) -> Value {
     response.json().await.unwrap()
 }

@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Client, Server, json, patient};
+use crate::support::{Server, json, patient, stored_versions};
 
 const US_CORE_PATIENT: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient";
 
@@ -43,18 +43,13 @@ fn error_count(outcome: &Value) -> usize {
         .count()
 }
 
-async fn versions(c: &Client) -> usize {
-    let h = json(c.get("_history?_count=1000").send().await.unwrap()).await;
-    h["entry"].as_array().map_or(0, Vec::len)
-}
-
 #[tokio::test]
 async fn invalid_writes_are_refused_one_issue_per_problem_and_store_nothing() {
     let server = Server::start().await;
     let c = server.client("system/*.cruds").await;
     let valid = c.create(&patient("Valid", "MRN-V1")).await;
     let id = valid["id"].as_str().unwrap().to_string();
-    assert_eq!(versions(&c).await, 1);
+    assert_eq!(stored_versions(&c).await, 1);
 
     // Three problems, three issues; an unknown element makes it a 400 (not FHIR's shape).
     let r = c
@@ -196,7 +191,7 @@ async fn invalid_writes_are_refused_one_issue_per_problem_and_store_nothing() {
     assert!(has_error_at(&json(r).await, "value", "Patient.birthDate"));
 
     // Nothing of the above was stored.
-    assert_eq!(versions(&c).await, 1);
+    assert_eq!(stored_versions(&c).await, 1);
 
     let current = json(c.get(&format!("Patient/{id}")).send().await.unwrap()).await;
     assert_eq!(current["meta"]["versionId"], "1");
@@ -355,7 +350,7 @@ async fn validate_operation_answers_an_outcome_and_stores_nothing() {
     assert!(error_count(&json(r).await) >= 1);
 
     // Nothing stored but the one create.
-    assert_eq!(versions(&c).await, 1);
+    assert_eq!(stored_versions(&c).await, 1);
 }
 
 /// A profile with only a differential: birthDate becomes mandatory.
@@ -485,13 +480,13 @@ async fn profiles_from_a_package_and_through_the_api() {
     assert_eq!(r.status(), StatusCode::CREATED);
 
     // A profile that loosens its base is refused and not stored.
-    let before = versions(&c).await;
+    let before = stored_versions(&c).await;
     let mut loose = birthdate_profile("https://example.org/fhir/StructureDefinition/loose");
     loose["differential"]["element"][1] =
         json!({"id": "Patient.gender", "path": "Patient.gender", "max": "2"});
     let r = c.post("StructureDefinition", &loose).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(versions(&c).await, before);
+    assert_eq!(stored_versions(&c).await, before);
 
     // A profile of a type FHIR does not have is refused too, rather than stored unused.
     let mut unknown = birthdate_profile("https://example.org/fhir/StructureDefinition/unknown");
@@ -513,7 +508,7 @@ async fn profiles_from_a_package_and_through_the_api() {
         outcome["issue"][0]["details"]["coding"][0]["code"], "invalid-profile",
         "{outcome}"
     );
-    assert_eq!(versions(&c).await, before);
+    assert_eq!(stored_versions(&c).await, before);
 
     // Profiles survive a restart: loaded from the store.
     server.terminate();
