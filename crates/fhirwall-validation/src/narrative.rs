@@ -1,4 +1,4 @@
-//! Narrative safety (narrative.html, txt-1 and txt-2): `Narrative.div` must be well-formed XHTML with only the elements and attributes FHIR allows; it must never resolve entities or DTDs, and never fetch or render anything.
+//! Narrative safety (narrative.html, txt-1 and txt-2): `Narrative.div` must be well-formed XHTML with only the elements and attributes FHIR allows and no markup a browser reads differently from XML (CDATA sections, comments, processing instructions); it must never resolve entities or DTDs, and never fetch or render anything.
 
 /// The XHTML namespace the root `div` must be in.
 pub(crate) const XHTML_NAMESPACE: &str = "http://www.w3.org/1999/xhtml";
@@ -20,6 +20,8 @@ pub(crate) enum NarrativeProblem {
     UnsafeUrl { element: String, attribute: String },
     UnsafeStyle { element: String },
     ProcessingInstruction,
+    CdataSection,
+    Comment,
 }
 
 impl NarrativeProblem {
@@ -41,6 +43,8 @@ impl NarrativeProblem {
             NarrativeProblem::UnsafeUrl { .. } => "narrative-url",
             NarrativeProblem::UnsafeStyle { .. } => "narrative-style",
             NarrativeProblem::ProcessingInstruction => "narrative-element",
+            NarrativeProblem::CdataSection => "narrative-cdata",
+            NarrativeProblem::Comment => "narrative-comment",
         }
     }
 
@@ -68,6 +72,12 @@ impl NarrativeProblem {
             ),
             NarrativeProblem::ProcessingInstruction => {
                 "contains an XML processing instruction, which FHIR narrative does not allow (txt-1)".into()
+            }
+            NarrativeProblem::CdataSection => {
+                "contains a CDATA section, which is not accepted in a narrative: a browser reads it as markup, not as text (txt-1)".into()
+            }
+            NarrativeProblem::Comment => {
+                "contains an XML comment, which is not accepted in a narrative: a browser may end it elsewhere than XML does and show what follows as markup (txt-1)".into()
             }
         }
     }
@@ -257,6 +267,29 @@ fn is_unsafe_style(value: &str) -> bool {
         || compact.contains("@import")
 }
 
+/// The markup an XML parser and a browser's HTML parser read differently, so that what this
+/// check saw is not what a browser renders. A browser treats `<![CDATA[` outside SVG and MathML
+/// as a bogus comment that ends at the first `>`, so `<![CDATA[><img onerror=...>]]>` is text
+/// to XML and an image to the browser; `<!-->` ends an HTML comment at once but starts an XML
+/// one; `<?` opens an HTML bogus comment that ends at the first `>`, not at `?>`.
+///
+/// Runs on text that already parsed as XML without a DTD. There `<` stands literally only where
+/// markup starts (XML forbids it in attribute values and text escapes it), so each opener is
+/// what it looks like, or lies inside another one that is refused as well. roxmltree merges
+/// CDATA into plain text nodes, so the source text is the only place a CDATA section shows.
+fn hidden_markup(xhtml: &str) -> Option<NarrativeProblem> {
+    if xhtml.contains("<![CDATA[") {
+        Some(NarrativeProblem::CdataSection)
+    } else if xhtml.contains("<!--") {
+        Some(NarrativeProblem::Comment)
+    } else if xhtml.contains("<?") {
+        // Processing instructions and an XML declaration, which has the same syntax.
+        Some(NarrativeProblem::ProcessingInstruction)
+    } else {
+        None
+    }
+}
+
 /// Checks a narrative `div`. Returns the first problem found.
 pub(crate) fn check_narrative(xhtml: &str) -> Result<(), NarrativeProblem> {
     let options = roxmltree::ParsingOptions {
@@ -266,15 +299,15 @@ pub(crate) fn check_narrative(xhtml: &str) -> Result<(), NarrativeProblem> {
     };
     let document = roxmltree::Document::parse_with_options(xhtml, options)
         .map_err(|_| NarrativeProblem::NotWellFormed)?;
+    if let Some(problem) = hidden_markup(xhtml) {
+        return Err(problem);
+    }
     let root = document.root_element();
     if root.tag_name().name() != "div" || root.tag_name().namespace() != Some(XHTML_NAMESPACE) {
         return Err(NarrativeProblem::RootNotXhtmlDiv);
     }
     let mut has_content = false;
     for node in document.root().descendants() {
-        if node.is_pi() {
-            return Err(NarrativeProblem::ProcessingInstruction);
-        }
         if node.is_text() {
             has_content |= node.text().is_some_and(|t| !t.trim().is_empty());
             continue;
@@ -358,6 +391,11 @@ mod tests {
             check_narrative(&div("<p xml:lang=\"en\">x &amp; y</p>")),
             Ok(())
         );
+        // Escaped, these openers are text to the browser as well.
+        assert_eq!(
+            check_narrative(&div("&lt;![CDATA[ &lt;!-- &lt;?x ?&gt;")),
+            Ok(())
+        );
     }
 
     #[test]
@@ -384,6 +422,16 @@ mod tests {
             (div("<svg xmlns=\"http://www.w3.org/2000/svg\"/>x"), "narrative-element"),
             (div("<form><input/></form>"), "narrative-element"),
             (div("<?php x ?>x"), "narrative-element"),
+            (
+                format!("<?xml version=\"1.0\"?>{}", div("x")),
+                "narrative-element",
+            ),
+            (div("<![CDATA[><img src=x onerror=alert(1)>]]>x"), "narrative-cdata"),
+            (div("<p>a<![CDATA[b]]></p>"), "narrative-cdata"),
+            (div("<!--><img src=x onerror=alert(1)>-->x"), "narrative-comment"),
+            (div("x<!-- a note -->"), "narrative-comment"),
+            (format!("<!-- before -->{}", div("x")), "narrative-comment"),
+            (format!("{}<!-- after -->", div("x")), "narrative-comment"),
         ];
         for (xhtml, rule) in cases {
             let problem = check_narrative(&xhtml).unwrap_err();

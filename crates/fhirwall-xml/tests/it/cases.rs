@@ -311,6 +311,37 @@ fn narrative_div_keeps_its_source_text() {
 }
 
 #[test]
+fn markup_a_browser_reads_differently_stays_in_the_div_for_the_validator() {
+    // The conversion keeps the div's source text, so a CDATA section, a comment or a
+    // processing instruction reaches the JSON form unchanged, where the validator's narrative
+    // check refuses it (fhirwall-validation's corpus has this exact div as
+    // narrative-cdata-from-xml.json). Were the reader to turn the CDATA section into escaped
+    // text instead, the check could no longer tell it from harmless text.
+    let xml = r#"<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/><div xmlns="http://www.w3.org/1999/xhtml"><p>Hi</p><![CDATA[><img src=x onerror=alert(1)>]]></div></text></Patient>"#;
+    check(
+        xml,
+        &json!({
+            "resourceType": "Patient",
+            "text": {
+                "status": "generated",
+                "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>Hi</p><![CDATA[><img src=x onerror=alert(1)>]]></div>"
+            }
+        }),
+    );
+    let xml = r#"<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/><div xmlns="http://www.w3.org/1999/xhtml"><!--><img src=x onerror=alert(1)>--></div></text></Patient>"#;
+    check(
+        xml,
+        &json!({
+            "resourceType": "Patient",
+            "text": {
+                "status": "generated",
+                "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><!--><img src=x onerror=alert(1)>--></div>"
+            }
+        }),
+    );
+}
+
+#[test]
 fn inherited_xhtml_namespace_is_declared_in_json() {
     let xml = r#"<Patient xmlns="http://hl7.org/fhir" xmlns:h="http://www.w3.org/1999/xhtml"><text><status value="generated"/><h:div><h:p>x</h:p></h:div></text></Patient>"#;
     check(
