@@ -80,7 +80,7 @@ fn check_string_primitive(type_name: &str, text: &str) -> Result<(), FormatError
     if type_name != "base64Binary" && type_name != "xhtml" && text.len() > MAX_STRING_BYTES {
         return Err(format_error("string-too-long", "at most 1 MiB of text"));
     }
-    if type_name != "xhtml" && has_forbidden_control_characters(text) {
+    if type_name != "xhtml" && has_delete_character(text) {
         return Err(format_error(
             "string-control-characters",
             "text without control characters other than tab, carriage return and line feed",
@@ -101,9 +101,25 @@ fn check_string_primitive(type_name: &str, text: &str) -> Result<(), FormatError
     }
 }
 
-fn has_forbidden_control_characters(text: &str) -> bool {
-    text.chars()
-        .any(|c| (c < ' ' && c != '\t' && c != '\r' && c != '\n') || c == '\u{7f}')
+/// DEL, a control character XML carries but no FHIR text needs. The control characters XML
+/// cannot carry are refused before this, by [`has_character_xml_cannot_carry`].
+fn has_delete_character(text: &str) -> bool {
+    text.contains('\u{7f}')
+}
+
+/// Whether a string holds a character that no FHIR XML document can carry, so that every XML
+/// answer including the value would fail: one XML 1.0's `Char` production leaves out (C0
+/// controls other than TAB, LF and CR; U+FFFE and U+FFFF), or another of Unicode's
+/// noncharacters (U+FDD0 to U+FDEF, and the last two code points of every plane), which are
+/// never text to interchange. JSON can spell all of them as `\u` escapes, so they must be
+/// refused on input, whatever the element's type.
+pub(crate) fn has_character_xml_cannot_carry(text: &str) -> bool {
+    text.chars().any(is_character_xml_cannot_carry)
+}
+
+fn is_character_xml_cannot_carry(c: char) -> bool {
+    let code = u32::from(c);
+    matches!(code, 0x0..=0x8 | 0xB | 0xC | 0xE..=0x1F | 0xFDD0..=0xFDEF) || code & 0xFFFE == 0xFFFE
 }
 
 /// `[^\s]+(\s[^\s]+)*`: no leading, trailing or doubled whitespace. `\s` is the whitespace
@@ -518,6 +534,51 @@ mod tests {
     }
 
     #[test]
+    fn characters_xml_cannot_carry_are_found() {
+        for refused in [
+            '\u{0}',
+            '\u{1}',
+            '\u{8}',
+            '\u{b}',
+            '\u{c}',
+            '\u{e}',
+            '\u{1f}',
+            '\u{fdd0}',
+            '\u{fdef}',
+            '\u{fffe}',
+            '\u{ffff}',
+            '\u{1fffe}',
+            '\u{1ffff}',
+            '\u{10fffe}',
+            '\u{10ffff}',
+        ] {
+            assert!(is_character_xml_cannot_carry(refused), "{refused:?}");
+            assert!(has_character_xml_cannot_carry(&format!("a{refused}b")));
+        }
+        for carried in [
+            '\t',
+            '\n',
+            '\r',
+            ' ',
+            '\u{7f}',
+            '\u{85}',
+            '\u{9f}',
+            '\u{a0}',
+            '\u{fdcf}',
+            '\u{fdf0}',
+            '\u{fffd}',
+            '\u{10000}',
+            '\u{1fffd}',
+            '\u{10fffd}',
+        ] {
+            assert!(!is_character_xml_cannot_carry(carried), "{carried:?}");
+        }
+        assert!(!has_character_xml_cannot_carry(
+            "tab\tline feed\ncarriage return\r"
+        ));
+    }
+
+    #[test]
     fn integers_have_ranges() {
         assert!(ok("integer", json!(-2147483648i64)));
         assert!(!ok("integer", json!(2147483648i64)));
@@ -533,7 +594,7 @@ mod tests {
     #[test]
     fn strings_codes_ids_and_identifiers() {
         assert!(!ok("string", json!("")));
-        assert!(!ok("string", json!("a\u{0001}b")));
+        assert!(!ok("string", json!("a\u{007f}b")));
         assert!(ok("string", json!("tab\tand\nnewline")));
         assert!(ok("code", json!("a b")));
         for bad in [" a", "a ", "a  b", "a\t b"] {

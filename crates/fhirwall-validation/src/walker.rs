@@ -11,7 +11,9 @@ use serde_json::{Map, Value};
 use crate::invariant::{ConstraintEngine, ConstraintSite, Focus, Verdict, is_native};
 use crate::issue::{Issue, IssueCode, IssueSink, Outcome, Severity};
 use crate::narrative::{NarrativeProblem, check_narrative};
-use crate::primitive::{JsonKind, check_primitive, is_uri_type, is_valid_id, json_kind};
+use crate::primitive::{
+    JsonKind, check_primitive, has_character_xml_cannot_carry, is_uri_type, is_valid_id, json_kind,
+};
 use crate::reference::{
     ReferenceForm, ReferenceSyntaxError, parse_reference, target_type_of_profile,
 };
@@ -977,7 +979,20 @@ impl<'a> Walker<'a> {
                 );
                 return;
             }
-            if type_name == "xhtml" {
+            if let Some(text) = value.as_str()
+                && has_character_xml_cannot_carry(text)
+            {
+                // Checked on every string (the narrative too): the value could be stored but
+                // never written as XML. Its other checks are moot.
+                self.error(
+                    IssueCode::Structure,
+                    "string-character",
+                    format!(
+                        "{} contains a character FHIR cannot carry: a control character other than tab, line feed and carriage return, or a Unicode noncharacter such as U+FFFF (XML 1.0 has no way to write it).",
+                        self.path
+                    ),
+                );
+            } else if type_name == "xhtml" {
                 self.narrative_div(value);
             } else if let Err(problem) = check_primitive(type_name, value) {
                 let sentence = if problem.rule == "empty-string" {
