@@ -45,7 +45,10 @@ pub use ast::TypeSpec;
 pub use decimal::Decimal;
 pub use parser::{MAX_DEPTH, ParseError};
 pub use quantity::Quantity;
-pub use temporal::{DateTimeValue, Precision, TimeValue};
+pub use temporal::{
+    DateTimeValue, Precision, TimeValue, is_fhir_date, is_fhir_date_time, is_fhir_instant,
+    is_fhir_time,
+};
 pub use value::{Collection, Item, Node, Stub, SystemValue};
 
 /// What the engine needs to know about FHIR types. Type names are the FHIR type codes the

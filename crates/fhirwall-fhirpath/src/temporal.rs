@@ -1,5 +1,7 @@
 //! FHIRPath Date, DateTime and Time values with partial precision: parsing, comparison,
-//! calendar arithmetic and printing. It must not read the system clock (the Context does).
+//! calendar arithmetic and printing, and the lexical forms of FHIR's `date`, `dateTime`,
+//! `instant` and `time`, which share the one grammar and calendar. It must not read the system
+//! clock (the caller gives the evaluation its instant).
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -127,6 +129,7 @@ impl Scan<'_> {
     }
 }
 
+/// Whether `year` of the proleptic Gregorian calendar has a 29 February.
 fn is_leap(year: i32) -> bool {
     (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
 }
@@ -571,6 +574,48 @@ fn compare_fields(
     Some(Ordering::Equal)
 }
 
+/// The largest time-zone offset FHIR allows, in minutes: its regex ends at `±14:00`, while a
+/// FHIRPath literal may write up to `±14:59`.
+const FHIR_MAX_OFFSET_MINUTES: i16 = 14 * 60;
+
+/// Whether a value read by [`DateTimeValue::parse`] has what FHIR's `dateTime` and `instant`
+/// need once a time is given: a year from 0001 (FHIRPath also reads 0000), seconds, and an
+/// offset within FHIR's range.
+fn has_fhir_time_and_offset(value: &DateTimeValue) -> bool {
+    value.year >= 1
+        && value.precision >= Precision::Second
+        && value
+            .tz
+            .is_some_and(|offset| offset.abs() <= FHIR_MAX_OFFSET_MINUTES)
+}
+
+/// Whether `text` is a FHIR `date`: `YYYY`, `YYYY-MM` or `YYYY-MM-DD`, year 0001 to 9999, with
+/// a real month and day of the month (29 February only in leap years).
+pub fn is_fhir_date(text: &str) -> bool {
+    matches!(DateTimeValue::parse(text), Some((value, false)) if value.year >= 1)
+}
+
+/// Whether `text` is a FHIR `dateTime`: a FHIR `date`, or a full date followed by
+/// `Thh:mm:ss(.f+)` and a time zone (`Z` or `±hh:mm` up to `±14:00`).
+pub fn is_fhir_date_time(text: &str) -> bool {
+    match DateTimeValue::parse(text) {
+        Some((value, false)) => value.year >= 1,
+        Some((value, true)) => has_fhir_time_and_offset(&value),
+        None => false,
+    }
+}
+
+/// Whether `text` is a FHIR `instant`: `YYYY-MM-DDThh:mm:ss(.f+)` and a time zone.
+pub fn is_fhir_instant(text: &str) -> bool {
+    matches!(DateTimeValue::parse(text), Some((value, true)) if has_fhir_time_and_offset(&value))
+}
+
+/// Whether `text` is a FHIR `time`: `hh:mm:ss(.f+)`, hours 00 to 23, a leap second allowed,
+/// no time zone.
+pub fn is_fhir_time(text: &str) -> bool {
+    TimeValue::parse(text).is_some_and(|value| value.precision >= Precision::Second)
+}
+
 impl TimeValue {
     /// Parses `hh[:mm[:ss[.f+]]]` (FHIR `time` and FHIRPath time literals after `@T`).
     pub fn parse(text: &str) -> Option<Self> {
@@ -689,6 +734,56 @@ mod tests {
             TimeValue::parse("10:15:00.5").unwrap().to_string(),
             "10:15:00.5"
         );
+    }
+
+    #[test]
+    fn fhir_forms_are_the_fhirpath_grammar_with_fhir_limits() {
+        for date in ["2020", "2020-02", "2020-02-29", "2000-02-29", "0001-01-01"] {
+            assert!(is_fhir_date(date), "{date}");
+            assert!(is_fhir_date_time(date), "{date}");
+            assert!(!is_fhir_instant(date), "{date}");
+        }
+        for not_date in [
+            "0000",
+            "1900-02-29",
+            "2021-02-29",
+            "2020-04-31",
+            "2020T",
+            "2020-1",
+        ] {
+            assert!(!is_fhir_date(not_date), "{not_date}");
+        }
+        for full in [
+            "2015-02-07T13:28:17-05:00",
+            "2015-02-07T13:28:17.239+02:00",
+            "2015-02-07T23:59:60Z",
+            "2015-02-07T13:28:17+14:00",
+            "2015-02-07T13:28:17-13:59",
+        ] {
+            assert!(is_fhir_date_time(full), "{full}");
+            assert!(is_fhir_instant(full), "{full}");
+            assert!(!is_fhir_date(full), "{full}");
+        }
+        for not_full in [
+            "2015-02-07T",
+            "2015-02-07T13:28:17",
+            "2015-02-07T13:28Z",
+            "2015-02-07T13Z",
+            "2015-02-07T13:28:17.Z",
+            "0000-01-01T00:00:00Z",
+        ] {
+            assert!(!is_fhir_date_time(not_full), "{not_full}");
+            assert!(!is_fhir_instant(not_full), "{not_full}");
+        }
+        // FHIRPath literals may carry offsets past FHIR's +14:00.
+        assert!(DateTimeValue::parse("2015-02-07T13:28:17+14:30").is_some());
+        assert!(!is_fhir_date_time("2015-02-07T13:28:17+14:30"));
+        assert!(is_fhir_time("13:28:17"));
+        assert!(is_fhir_time("13:28:17.5"));
+        assert!(is_fhir_time("23:59:60"));
+        assert!(!is_fhir_time("13:28"));
+        assert!(!is_fhir_time("24:00:00"));
+        assert!(!is_fhir_time("13:28:17Z"));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Lexical checks of FHIR primitive values (the regexes of datatypes.html, hand-written so nothing is compiled per call); it must not look at anything but the one value.
+//! Lexical checks of FHIR primitive values (the regexes of datatypes.html, hand-written so nothing is compiled per call; dates and times are fhirwall-fhirpath's); it must not look at anything but the one value.
 
 use serde_json::Value;
 
@@ -269,193 +269,50 @@ fn check_base64(text: &str) -> Result<(), FormatError> {
     Ok(())
 }
 
-/// A cursor over ASCII digits and separators, for the date and time grammars.
-struct Cursor<'t> {
-    bytes: &'t [u8],
-    at: usize,
-}
-
-impl<'t> Cursor<'t> {
-    fn new(text: &'t str) -> Self {
-        Cursor {
-            bytes: text.as_bytes(),
-            at: 0,
-        }
-    }
-
-    fn done(&self) -> bool {
-        self.at >= self.bytes.len()
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.bytes.get(self.at).copied()
-    }
-
-    fn eat(&mut self, expected: u8) -> bool {
-        if self.peek() == Some(expected) {
-            self.at += 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Exactly `count` digits as a number.
-    fn digits(&mut self, count: usize) -> Option<u32> {
-        let mut number = 0u32;
-        for _ in 0..count {
-            let b = self.peek()?;
-            if !b.is_ascii_digit() {
-                return None;
-            }
-            number = number * 10 + u32::from(b - b'0');
-            self.at += 1;
-        }
-        Some(number)
-    }
-
-    /// One or more digits (a fraction of a second).
-    fn some_digits(&mut self) -> bool {
-        let start = self.at;
-        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
-            self.at += 1;
-        }
-        self.at > start
-    }
-}
-
-fn is_leap_year(year: u32) -> bool {
-    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
-}
-
-fn days_in_month(year: u32, month: u32) -> u32 {
-    match month {
-        2 if is_leap_year(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// How much of a date was given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DatePrecision {
-    Year,
-    Month,
-    Day,
-}
-
-/// `YYYY`, `YYYY-MM` or `YYYY-MM-DD`, year 0001 to 9999, a real day of the month.
-fn parse_date(cursor: &mut Cursor<'_>) -> Option<DatePrecision> {
-    let year = cursor.digits(4)?;
-    if year == 0 {
-        return None;
-    }
-    if !cursor.eat(b'-') {
-        return Some(DatePrecision::Year);
-    }
-    let month = cursor.digits(2)?;
-    if !(1..=12).contains(&month) {
-        return None;
-    }
-    if !cursor.eat(b'-') {
-        return Some(DatePrecision::Month);
-    }
-    let day = cursor.digits(2)?;
-    if day == 0 || day > days_in_month(year, month) {
-        return None;
-    }
-    Some(DatePrecision::Day)
-}
-
-/// `hh:mm:ss(.fff)?` with hours 00-23 and a leap second allowed.
-fn parse_time(cursor: &mut Cursor<'_>) -> Option<()> {
-    let hour = cursor.digits(2)?;
-    if hour > 23 || !cursor.eat(b':') {
-        return None;
-    }
-    let minute = cursor.digits(2)?;
-    if minute > 59 || !cursor.eat(b':') {
-        return None;
-    }
-    let second = cursor.digits(2)?;
-    if second > 60 {
-        return None;
-    }
-    if cursor.eat(b'.') && !cursor.some_digits() {
-        return None;
-    }
-    Some(())
-}
-
-/// `Z` or `+hh:mm`/`-hh:mm` from -13:59 to +14:00 as the regex of the spec allows.
-fn parse_zone(cursor: &mut Cursor<'_>) -> Option<()> {
-    if cursor.eat(b'Z') {
-        return Some(());
-    }
-    if !(cursor.eat(b'+') || cursor.eat(b'-')) {
-        return None;
-    }
-    let hour = cursor.digits(2)?;
-    if !cursor.eat(b':') {
-        return None;
-    }
-    let minute = cursor.digits(2)?;
-    let valid = (hour <= 13 && minute <= 59) || (hour == 14 && minute == 0);
-    valid.then_some(())
-}
+// The date and time forms are fhirwall-fhirpath's: FHIRPath reads the same values with the
+// same grammar and calendar, and the two must never disagree on what a valid date is.
 
 fn check_date(text: &str) -> Result<(), FormatError> {
-    let mut cursor = Cursor::new(text);
-    match parse_date(&mut cursor) {
-        Some(_) if cursor.done() => Ok(()),
-        _ => Err(format_error(
+    if fhirwall_fhirpath::is_fhir_date(text) {
+        Ok(())
+    } else {
+        Err(format_error(
             "format-date",
             "YYYY, YYYY-MM or YYYY-MM-DD with a real month and day",
-        )),
+        ))
     }
 }
 
 fn check_date_time(text: &str) -> Result<(), FormatError> {
-    let error = format_error(
-        "format-dateTime",
-        "YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm:ss(.sss) with a time zone (Z or +hh:mm)",
-    );
-    let mut cursor = Cursor::new(text);
-    let precision = parse_date(&mut cursor).ok_or(error)?;
-    if cursor.done() {
-        return Ok(());
+    if fhirwall_fhirpath::is_fhir_date_time(text) {
+        Ok(())
+    } else {
+        Err(format_error(
+            "format-dateTime",
+            "YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm:ss(.sss) with a time zone (Z or +hh:mm)",
+        ))
     }
-    if precision != DatePrecision::Day || !cursor.eat(b'T') {
-        return Err(error);
-    }
-    parse_time(&mut cursor).ok_or(error)?;
-    parse_zone(&mut cursor).ok_or(error)?;
-    if cursor.done() { Ok(()) } else { Err(error) }
 }
 
 fn check_instant(text: &str) -> Result<(), FormatError> {
-    let error = format_error(
-        "format-instant",
-        "YYYY-MM-DDThh:mm:ss(.sss) with a time zone (Z or +hh:mm)",
-    );
-    let mut cursor = Cursor::new(text);
-    if parse_date(&mut cursor) != Some(DatePrecision::Day) || !cursor.eat(b'T') {
-        return Err(error);
+    if fhirwall_fhirpath::is_fhir_instant(text) {
+        Ok(())
+    } else {
+        Err(format_error(
+            "format-instant",
+            "YYYY-MM-DDThh:mm:ss(.sss) with a time zone (Z or +hh:mm)",
+        ))
     }
-    parse_time(&mut cursor).ok_or(error)?;
-    parse_zone(&mut cursor).ok_or(error)?;
-    if cursor.done() { Ok(()) } else { Err(error) }
 }
 
 fn check_time(text: &str) -> Result<(), FormatError> {
-    let mut cursor = Cursor::new(text);
-    match parse_time(&mut cursor) {
-        Some(()) if cursor.done() => Ok(()),
-        _ => Err(format_error(
+    if fhirwall_fhirpath::is_fhir_time(text) {
+        Ok(())
+    } else {
+        Err(format_error(
             "format-time",
             "hh:mm:ss or hh:mm:ss.sss without a time zone",
-        )),
+        ))
     }
 }
 
