@@ -48,6 +48,30 @@ pub(crate) enum ExprKind {
     },
 }
 
+impl Expr {
+    /// Whether evaluating this tree may call now(), today() or timeOfDay(). Recursion follows
+    /// the tree, whose depth the parser bounds.
+    pub fn reads_clock(&self) -> bool {
+        match &self.kind {
+            ExprKind::Empty
+            | ExprKind::Literal(_)
+            | ExprKind::This
+            | ExprKind::Index
+            | ExprKind::Total
+            | ExprKind::Variable(_) => false,
+            ExprKind::Member { target, .. } => target.as_ref().is_some_and(|t| t.reads_clock()),
+            ExprKind::Call(call) => {
+                matches!(call.func, Func::Now | Func::Today | Func::TimeOfDay)
+                    || call.target.as_ref().is_some_and(Expr::reads_clock)
+                    || call.args.iter().any(Expr::reads_clock)
+            }
+            ExprKind::Indexer { target, index } => target.reads_clock() || index.reads_clock(),
+            ExprKind::Negate(operand) | ExprKind::TypeOp { operand, .. } => operand.reads_clock(),
+            ExprKind::Binary { left, right, .. } => left.reads_clock() || right.reads_clock(),
+        }
+    }
+}
+
 /// A function invocation.
 #[derive(Debug)]
 pub(crate) struct Call {

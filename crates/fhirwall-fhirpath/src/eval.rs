@@ -2,12 +2,10 @@
 //! variables. Functions live in `functions.rs`. It must not print, allocate JSON, or recurse
 //! deeper than the parsed tree (whose depth the parser bounds).
 
-use std::cell::OnceCell;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::ast::{BinaryOp, Expr, ExprKind, TypeOp, TypeSpec};
 use crate::decimal::Decimal;
@@ -44,7 +42,6 @@ pub(crate) struct Evaluator<'c, 'a> {
     pub ctx: &'c Context<'a>,
     pub model: &'a dyn Model,
     focus: &'c [Item<'a>],
-    now: OnceCell<DateTimeValue>,
 }
 
 fn not_singleton(what: &str, count: usize) -> EvalError {
@@ -124,7 +121,6 @@ impl<'c, 'a> Evaluator<'c, 'a> {
             ctx,
             model: ctx.model,
             focus,
-            now: OnceCell::new(),
         }
     }
 
@@ -137,18 +133,11 @@ impl<'c, 'a> Evaluator<'c, 'a> {
         self.eval(root, self.focus, &scope)
     }
 
-    /// The clock, read once per evaluation so that now() is stable within it.
-    pub fn now(&self) -> DateTimeValue {
-        *self.now.get_or_init(|| {
-            self.ctx.now.unwrap_or_else(|| {
-                let millis = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .ok()
-                    .and_then(|d| i64::try_from(d.as_millis()).ok())
-                    .unwrap_or(0);
-                DateTimeValue::from_unix_millis(millis)
-            })
-        })
+    /// The instant the caller gave for now(), today() and timeOfDay(), if any. The engine has
+    /// no clock of its own: the caller reads one once per request, so that every expression
+    /// of the request sees the same instant and tests can fix it.
+    pub fn now(&self) -> Option<DateTimeValue> {
+        self.ctx.now
     }
 
     /// Evaluates one node. Each arm delegates to a small function: evaluation recurses along

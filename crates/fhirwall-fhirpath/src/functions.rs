@@ -791,9 +791,10 @@ impl<'c, 'a> Evaluator<'c, 'a> {
             }
             // Values are patient data: trace() never writes them anywhere.
             Func::Trace => Ok(base.to_vec()),
-            Func::Now => one(Some(SystemValue::DateTime(self.now()))),
-            Func::Today => one(Some(SystemValue::Date(self.now().date_part()))),
-            Func::TimeOfDay => one(Some(SystemValue::Time(self.now().time_part()))),
+            // Empty without an instant from the caller, like any unknown value.
+            Func::Now => one(self.now().map(SystemValue::DateTime)),
+            Func::Today => one(self.now().map(|now| SystemValue::Date(now.date_part()))),
+            Func::TimeOfDay => one(self.now().map(|now| SystemValue::Time(now.time_part()))),
             Func::Extension | Func::HasExtension => {
                 let Some(url) = self.arg_text(call, 0, base, scope)? else {
                     return Ok(Vec::new());

@@ -1,6 +1,7 @@
 //! A FHIRPath (N1, as FHIR R4 uses it) engine over borrowed `serde_json` trees, with the FHIR
-//! additions (extension(), resolve(), memberOf(), %resource...). It must not do I/O, print or
-//! log (`trace()` is a no-op because values are patient data), or panic on any input.
+//! additions (extension(), resolve(), memberOf(), %resource...). It must not do I/O, read the
+//! system clock (the caller gives the instant of `now()`), print or log (`trace()` is a no-op
+//! because values are patient data), or panic on any input.
 //!
 //! ```
 //! use fhirwall_fhirpath::{parse, evaluate, passes, Child, Context, Item, Model};
@@ -89,12 +90,20 @@ pub struct Expression {
 struct Parsed {
     source: String,
     root: ast::Expr,
+    reads_clock: bool,
 }
 
 impl Expression {
     /// The text the expression was parsed from.
     pub fn source(&self) -> &str {
         &self.inner.source
+    }
+
+    /// Whether the expression calls `now()`, `today()` or `timeOfDay()`, which are empty unless
+    /// the context has an instant ([`Context::with_now`]). A caller without one can leave such
+    /// an expression unevaluated rather than read an empty result as an answer.
+    pub fn reads_clock(&self) -> bool {
+        self.inner.reads_clock
     }
 }
 
@@ -116,10 +125,12 @@ impl fmt::Display for Expression {
 /// errors, so a definition can be checked once when it is loaded.
 pub fn parse(source: &str) -> Result<Expression, ParseError> {
     let root = parser::parse_expr(source)?;
+    let reads_clock = root.reads_clock();
     Ok(Expression {
         inner: Arc::new(Parsed {
             source: source.to_owned(),
             root,
+            reads_clock,
         }),
     })
 }
@@ -254,11 +265,19 @@ impl<'a> Context<'a> {
         self
     }
 
-    /// Fixes the clock of `now()`, `today()` and `timeOfDay()` (by default the system clock,
-    /// read once per evaluation).
+    /// Sets the instant `now()` returns; `today()` and `timeOfDay()` are its date and time of
+    /// day. Without one the three are empty: the engine has no clock of its own, so that the
+    /// caller reads its clock once per request and every expression of the request sees the
+    /// same instant.
     pub fn with_now(mut self, now: DateTimeValue) -> Self {
         self.now = Some(now);
         self
+    }
+
+    /// [`Context::with_now`] from milliseconds since the Unix epoch; the instant is in UTC, so
+    /// `today()` is the UTC date.
+    pub fn with_now_unix_millis(self, millis: i64) -> Self {
+        self.with_now(DateTimeValue::from_unix_millis(millis))
     }
 
     /// Turns off the two behaviours of the HL7 Java engine that R4's invariants rely on and

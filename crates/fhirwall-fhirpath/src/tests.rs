@@ -487,6 +487,41 @@ fn dates_and_clock() {
 }
 
 #[test]
+fn the_clock_is_the_callers_or_empty() {
+    let p = json!({"birthDate": "2000-01-01"});
+    // Without an instant from the caller the engine has no clock: the three are empty.
+    let ctx = Context::new(model(), &p);
+    for (expr, expected) in [
+        ("now()", "[]"),
+        ("today()", "[]"),
+        ("timeOfDay()", "[]"),
+        ("now() = now()", "[]"),
+        ("today().empty()", "[true]"),
+    ] {
+        assert_eq!(run_with(&ctx, Item::untyped(&p), expr), expected, "{expr}");
+    }
+    // 2024-02-29T23:59:59.999Z, in milliseconds since the Unix epoch.
+    let ctx = Context::new(model(), &p).with_now_unix_millis(1_709_251_199_999);
+    for (expr, expected) in [
+        ("now()", "[@2024-02-29T23:59:59.999Z]"),
+        ("today()", "[@2024-02-29]"),
+        ("timeOfDay()", "[@T23:59:59.999]"),
+    ] {
+        assert_eq!(run_with(&ctx, Item::untyped(&p), expr), expected, "{expr}");
+    }
+    for (expr, reads) in [
+        ("now()", true),
+        ("birthDate < today()", true),
+        ("name.where(period.start > now() - 1 year).exists()", true),
+        ("(@T10:00 | timeOfDay()).count()", true),
+        ("birthDate < @2020-01-01", false),
+        ("'now()'.length()", false),
+    ] {
+        assert_eq!(parse(expr).unwrap().reads_clock(), reads, "{expr}");
+    }
+}
+
+#[test]
 fn strings_and_regexes() {
     let p = json!({});
     check_all(

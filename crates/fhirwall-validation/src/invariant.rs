@@ -5,7 +5,7 @@ use std::hash::BuildHasherDefault;
 use std::sync::{Arc, RwLock};
 
 use fhirwall_definitions::{Definitions, Fnv1a};
-use fhirwall_fhirpath::{Context, Expression, Item};
+use fhirwall_fhirpath::{Context, DateTimeValue, Expression, Item};
 use serde_json::Value;
 
 use crate::model::DefinitionsModel;
@@ -45,13 +45,15 @@ pub(crate) enum Focus<'j> {
 }
 
 /// Where a constraint is evaluated: the focus and its type, `%resource` (the resource that
-/// holds the element) and `%rootResource` (its container, for contained resources).
+/// holds the element), `%rootResource` (its container, for contained resources) and the
+/// instant of the request, when the caller gave one.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConstraintSite<'j> {
     pub(crate) focus: Focus<'j>,
     pub(crate) focus_type: &'j str,
     pub(crate) resource: &'j Value,
     pub(crate) root_resource: &'j Value,
+    pub(crate) now: Option<DateTimeValue>,
 }
 
 /// The result of one evaluation.
@@ -124,8 +126,15 @@ impl ConstraintEngine {
         let Some(parsed) = self.expression(expression) else {
             return Verdict::NotEvaluated;
         };
-        let context =
+        let mut context =
             Context::new(&self.model, site.resource).with_root_resource(site.root_resource);
+        match site.now {
+            Some(now) => context = context.with_now(now),
+            // now() would be empty, and an empty result fails: the resource would be refused
+            // for the caller's missing clock, not for its content.
+            None if parsed.reads_clock() => return Verdict::NotEvaluated,
+            None => {}
+        }
         let focus = match site.focus {
             Focus::Element(value) => {
                 if value.get("resourceType").is_some() {

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use fhirwall_definitions::{Definitions, Kind, StructureDef};
+use fhirwall_fhirpath::DateTimeValue;
 use serde_json::Value;
 
 pub use invariant::InvariantSupport;
@@ -44,12 +45,18 @@ pub enum ValidationSetupError {
     LogicalModel,
 }
 
-/// What to validate against besides the resource's own type and its `meta.profile` entries.
+/// What to validate against besides the resource's own type and its `meta.profile` entries,
+/// and the instant the validation happens at.
 #[derive(Debug, Clone, Default)]
 pub struct ValidateOptions {
     /// Extra profiles (`$validate?profile=`). An unknown one is an error: the caller asked for
     /// a check the server cannot make.
     pub profiles: Vec<String>,
+    /// The instant of the request, in milliseconds since the Unix epoch (UTC): what `now()`,
+    /// `today()` and `timeOfDay()` mean in invariants. The validator has no clock of its own;
+    /// without an instant, an invariant that reads the clock is not evaluated (and counted in
+    /// the `invariant-not-evaluated` issue) rather than failed.
+    pub now_millis: Option<i64>,
 }
 
 /// A registered profile and the child index built from its snapshot on first use.
@@ -204,7 +211,8 @@ impl Validator {
     /// (unknown ones give an error).
     pub fn validate(&self, resource: &Value, options: &ValidateOptions) -> Outcome {
         let profiles = self.profile_map();
-        let mut walker = walker::Walker::new(self.defs, &profiles, &self.constraints);
+        let now = options.now_millis.map(DateTimeValue::from_unix_millis);
+        let mut walker = walker::Walker::new(self.defs, &profiles, &self.constraints, now);
         walker.validate_root(resource, &options.profiles);
         walker.finish()
     }

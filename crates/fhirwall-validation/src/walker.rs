@@ -6,6 +6,7 @@ use fhirwall_definitions::{
     BindingStrength, ChildDef, Constraint, Definitions, ElementDef, Max,
     Severity as ConstraintSeverity, TypeInfo, TypeKind,
 };
+use fhirwall_fhirpath::DateTimeValue;
 use serde_json::{Map, Value};
 
 use crate::invariant::{ConstraintEngine, ConstraintSite, Focus, Verdict, is_native};
@@ -54,6 +55,8 @@ pub(crate) struct Walker<'a> {
     pub(crate) defs: &'static Definitions,
     pub(crate) profiles: &'a ProfileMap,
     pub(crate) constraints: &'a ConstraintEngine,
+    /// The instant of the request, for invariants that read the clock.
+    now: Option<DateTimeValue>,
     pub(crate) sink: IssueSink,
     /// The JSON-shaped FHIRPath of the element being walked.
     pub(crate) path: String,
@@ -149,11 +152,13 @@ impl<'a> Walker<'a> {
         defs: &'static Definitions,
         profiles: &'a ProfileMap,
         constraints: &'a ConstraintEngine,
+        now: Option<DateTimeValue>,
     ) -> Self {
         Walker {
             defs,
             profiles,
             constraints,
+            now,
             sink: IssueSink::default(),
             path: String::with_capacity(128),
             frames: Vec::new(),
@@ -1502,6 +1507,7 @@ impl<'a> Walker<'a> {
             focus_type,
             resource: frame.resource,
             root_resource: frame.root_resource,
+            now: self.now,
         };
         match self.constraints.evaluate(expression, &site) {
             Verdict::Pass => {}

@@ -41,6 +41,7 @@ fn every_broken_resource_fails_with_its_issue() {
                         .collect()
                 })
                 .unwrap_or_default(),
+            ..ValidateOptions::default()
         };
         let outcome = validator.validate(resource, &options);
         checked += 1;

@@ -44,6 +44,7 @@ fn a_valid_us_core_patient_passes_by_meta_profile_and_by_request() {
     assert!(outcome.is_valid(), "{}", describe(&outcome));
     let asked = ValidateOptions {
         profiles: vec![US_CORE_PATIENT.to_owned()],
+        ..ValidateOptions::default()
     };
     let outcome = validator.validate(&patient, &asked);
     assert!(!outcome.is_valid());
