@@ -2281,6 +2281,7 @@ async fn validate_operation(
         &resource,
         &fhirwall_validation::ValidateOptions {
             profiles: request.profiles,
+            ..Default::default()
         },
     );
     let body_type = resource.get("resourceType").and_then(Value::as_str);
