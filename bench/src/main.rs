@@ -2,6 +2,9 @@
 //! (`run`), against an in-process hello-world TLS server (`hello`, the ceiling), or fills it with
 //! many resources and reports its memory and disk use (`fill`).
 
+// The load generator is an outside client with its own clock, not part of the server.
+#![allow(clippy::disallowed_methods)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

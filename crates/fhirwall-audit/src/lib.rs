@@ -37,6 +37,39 @@ impl Outcome {
     }
 }
 
+/// AuditEvent.action: what the event did to data. Stored as its one-letter code, so records
+/// written before this type existed read the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    #[serde(rename = "C")]
+    Create,
+    #[serde(rename = "R")]
+    Read,
+    #[serde(rename = "U")]
+    Update,
+    #[serde(rename = "D")]
+    Delete,
+    #[serde(rename = "E")]
+    Execute,
+}
+
+impl Action {
+    pub fn code(self) -> &'static str {
+        match self {
+            Action::Create => "C",
+            Action::Read => "R",
+            Action::Update => "U",
+            Action::Delete => "D",
+            Action::Execute => "E",
+        }
+    }
+
+    /// Whether the event wrote a resource version.
+    pub fn writes(self) -> bool {
+        matches!(self, Action::Create | Action::Update | Action::Delete)
+    }
+}
+
 /// What kind of event this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
@@ -57,8 +90,7 @@ pub struct AuditRecord {
     /// The FHIR restful-interaction code (`read`, `create`, `history-type`, ...) or, for
     /// authentication, `login` / `token-check`.
     pub subtype: String,
-    /// C, R, U, D or E.
-    pub action: String,
+    pub action: Action,
     /// RFC 3339 time of the event.
     pub recorded: String,
     pub outcome: Outcome,
@@ -73,8 +105,13 @@ pub struct AuditRecord {
     pub entities: Vec<String>,
     /// Patients the event concerns (`Patient/123`).
     pub patients: Vec<String>,
-    /// The query string of a search or conditional interaction, when there was one.
+    /// The query of a search or conditional interaction, when there was one: parameter names
+    /// with keyed hashes of their values (never the values).
     pub query: Option<String>,
+    /// For a summary record: how many further events of the same kind from the same source it
+    /// stands for (failed authentications past the rate limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeated: Option<u64>,
 }
 
 const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
@@ -162,7 +199,7 @@ impl AuditRecord {
             "id": id,
             "type": event_type,
             "subtype": [subtype],
-            "action": self.action,
+            "action": self.action.code(),
             "recorded": self.recorded,
             "outcome": self.outcome.code(),
             "agent": agents,
@@ -172,8 +209,16 @@ impl AuditRecord {
             },
             "entity": entities,
         });
-        if let Some(code) = &self.outcome_code {
-            put(&mut event, "outcomeDesc", Value::String(code.clone()));
+        match (&self.outcome_code, self.repeated) {
+            (Some(code), Some(n)) => put(
+                &mut event,
+                "outcomeDesc",
+                Value::String(format!(
+                    "{code}; stands for {n} further events from this source"
+                )),
+            ),
+            (Some(code), None) => put(&mut event, "outcomeDesc", Value::String(code.clone())),
+            (None, _) => {}
         }
         event
     }
@@ -339,7 +384,7 @@ mod tests {
             tenant: "default".into(),
             kind: EventKind::Rest,
             subtype: "read".into(),
-            action: "R".into(),
+            action: Action::Read,
             recorded: "2026-01-01T00:00:00Z".into(),
             outcome: Outcome::Success,
             outcome_code: None,
@@ -351,6 +396,7 @@ mod tests {
             entities: vec!["Patient/1/_history/1".into()],
             patients: vec!["Patient/1".into()],
             query: None,
+            repeated: None,
         };
         let event = record.to_audit_event("7");
         assert_eq!(event["resourceType"], "AuditEvent");

@@ -101,6 +101,8 @@ impl fmt::Debug for IssuedToken {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessClaims {
     pub client_id: String,
+    /// The tenant the client belongs to; every request the token makes stays inside it.
+    pub tenant: String,
     pub scopes: ScopeSet,
     pub exp: i64,
     pub jti: String,
@@ -116,6 +118,7 @@ struct RawAccessClaims {
     jti: String,
     scope: String,
     client_id: String,
+    tenant: String,
 }
 
 /// Generates a new EC P-384 server signing key as PKCS#8 DER (zeroized on drop).
@@ -196,10 +199,11 @@ impl TokenIssuer {
         &self.issuer_url
     }
 
-    /// Issues a token for `client_id` carrying `scopes`, valid for `ttl_secs`.
+    /// Issues a token for `client_id` of `tenant` carrying `scopes`, valid for `ttl_secs`.
     pub fn issue(
         &self,
         client_id: &str,
+        tenant: &str,
         scopes: &ScopeSet,
         now_unix: i64,
         ttl_secs: i64,
@@ -222,6 +226,7 @@ impl TokenIssuer {
             "jti": jose::b64url_encode(jti),
             "scope": scope,
             "client_id": client_id,
+            "tenant": tenant,
         });
         let input = format!(
             "{}.{}",
@@ -276,6 +281,7 @@ impl TokenIssuer {
             .map_err(|_| TokenError::Malformed("scope claim does not parse"))?;
         Ok(AccessClaims {
             client_id: raw.client_id,
+            tenant: raw.tenant,
             scopes,
             exp: raw.exp,
             jti: raw.jti,
@@ -329,7 +335,9 @@ mod tests {
     #[test]
     fn issue_then_verify() {
         let iss = issuer();
-        let t = iss.issue("client-1", &scopes(), NOW, 300).unwrap();
+        let t = iss
+            .issue("client-1", "default", &scopes(), NOW, 300)
+            .unwrap();
         assert_eq!(t.expires_in, 300);
         assert_eq!(t.scope, "system/Patient.rs system/Observation.read");
         let claims = iss.verify(&t.access_token, NOW + 10).unwrap();
@@ -346,7 +354,9 @@ mod tests {
     #[test]
     fn claims_and_header_shape() {
         let iss = issuer();
-        let t = iss.issue("client-1", &scopes(), NOW, 300).unwrap();
+        let t = iss
+            .issue("client-1", "default", &scopes(), NOW, 300)
+            .unwrap();
         let (header, claims) = parts(&t.access_token);
         assert_eq!(
             header,
@@ -360,14 +370,19 @@ mod tests {
         assert_eq!(claims["exp"], NOW + 300);
         let jti = claims["jti"].as_str().unwrap();
         assert_eq!(jose::b64url_decode(jti).unwrap().len(), 16);
-        let other = iss.issue("client-1", &scopes(), NOW, 300).unwrap();
+        let other = iss
+            .issue("client-1", "default", &scopes(), NOW, 300)
+            .unwrap();
         assert_ne!(parts(&other.access_token).1["jti"], claims["jti"]);
     }
 
     #[test]
     fn expiry() {
         let iss = issuer();
-        let t = iss.issue("c", &scopes(), NOW, 60).unwrap().access_token;
+        let t = iss
+            .issue("c", "default", &scopes(), NOW, 60)
+            .unwrap()
+            .access_token;
         assert!(iss.verify(&t, NOW + 64).is_ok());
         assert_eq!(iss.verify(&t, NOW + 65), Err(TokenError::Expired));
         assert_eq!(iss.verify(&t, NOW + 10_000), Err(TokenError::Expired));
@@ -379,12 +394,12 @@ mod tests {
         let iss = issuer();
         for ttl in [0, -1, MAX_TTL_SECS + 1] {
             assert_eq!(
-                iss.issue("c", &scopes(), NOW, ttl),
+                iss.issue("c", "default", &scopes(), NOW, ttl),
                 Err(TokenError::InvalidTtl)
             );
         }
         assert_eq!(
-            iss.issue("c", &scopes(), i64::MAX, 10),
+            iss.issue("c", "default", &scopes(), i64::MAX, 10),
             Err(TokenError::InvalidTtl)
         );
     }
@@ -393,14 +408,20 @@ mod tests {
     fn other_issuer_key_is_refused() {
         let a = issuer();
         let b = issuer(); // same kid and issuer URL, different key
-        let t = b.issue("c", &scopes(), NOW, 60).unwrap().access_token;
+        let t = b
+            .issue("c", "default", &scopes(), NOW, 60)
+            .unwrap()
+            .access_token;
         assert_eq!(a.verify(&t, NOW), Err(TokenError::BadSignature));
     }
 
     #[test]
     fn header_checks() {
         let iss = issuer();
-        let t = iss.issue("c", &scopes(), NOW, 60).unwrap().access_token;
+        let t = iss
+            .issue("c", "default", &scopes(), NOW, 60)
+            .unwrap()
+            .access_token;
         let (header, claims) = parts(&t);
         let with = |k: &str, v: Value| {
             let mut h = header.clone();
@@ -430,7 +451,10 @@ mod tests {
     #[test]
     fn claim_checks() {
         let iss = issuer();
-        let t = iss.issue("c", &scopes(), NOW, 60).unwrap().access_token;
+        let t = iss
+            .issue("c", "default", &scopes(), NOW, 60)
+            .unwrap()
+            .access_token;
         let (header, claims) = parts(&t);
         let with = |k: &str, v: Value| {
             let mut c = claims.clone();
@@ -462,7 +486,10 @@ mod tests {
     #[test]
     fn tampered_payload_is_refused() {
         let iss = issuer();
-        let t = iss.issue("c", &scopes(), NOW, 60).unwrap().access_token;
+        let t = iss
+            .issue("c", "default", &scopes(), NOW, 60)
+            .unwrap()
+            .access_token;
         let (_, mut claims) = parts(&t);
         claims["scope"] = json!("system/*.cruds");
         let p: Vec<&str> = t.split('.').collect();
@@ -494,7 +521,10 @@ mod tests {
     fn jsonwebtoken_verifies_our_tokens() {
         // Cross-check the token format against an independent JWT implementation.
         let iss = issuer();
-        let t = iss.issue("c", &scopes(), NOW, 60).unwrap().access_token;
+        let t = iss
+            .issue("c", "default", &scopes(), NOW, 60)
+            .unwrap()
+            .access_token;
         let jwk: jsonwebtoken::jwk::Jwk =
             serde_json::from_value(iss.public_jwks()["keys"][0].clone()).unwrap();
         let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
@@ -529,7 +559,7 @@ mod tests {
     #[test]
     fn debug_output_has_no_secrets() {
         let iss = issuer();
-        let t = iss.issue("c", &scopes(), NOW, 60).unwrap();
+        let t = iss.issue("c", "default", &scopes(), NOW, 60).unwrap();
         let dbg = format!("{t:?} {iss:?}");
         assert!(!dbg.contains(&t.access_token));
         assert!(dbg.contains("server-1"));

@@ -388,6 +388,14 @@ impl Envelope {
             .map(|s| MacKey::from_bytes(s.expose()))
     }
 
+    /// The MAC key of the integrity tags over stored rows (versions, current pointers, client
+    /// records). Derived from the audit-chain key under its own label, so stores from before
+    /// the tags need no new key.
+    pub fn integrity_key(&self, tenant: &str) -> Option<MacKey> {
+        self.audit_chain_key(tenant)
+            .map(|chain| MacKey::from_bytes(&chain.mac(&[b"fhirwall-integrity/1"])))
+    }
+
     /// The blind indexer of a tenant.
     pub fn blind_indexer(&self, tenant: &str) -> Option<BlindIndexer> {
         self.secrets

@@ -8,18 +8,18 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use fhirwall_definitions::Definitions;
 use fhirwall_model::IssueType;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::Limits;
 use crate::negotiate::{self, Format};
-use crate::state::Limits;
+use fhirwall_service::{ErrorKind, ServiceError};
 
 /// Parses a FHIR XML body (DTDs refused, size and depth limited) into FHIR JSON.
-pub(crate) fn parse_xml(bytes: &[u8], limits: &Limits) -> Result<Value, ApiError> {
+pub(crate) fn parse_xml(bytes: &[u8], limits: &Limits) -> Result<Value, ServiceError> {
     if bytes.is_empty() {
-        return Err(ApiError::bad_request(
+        return Err(ServiceError::invalid(
             "empty-body",
             "The request has no body.",
         ));
@@ -30,8 +30,8 @@ pub(crate) fn parse_xml(bytes: &[u8], limits: &Limits) -> Result<Value, ApiError
         ..fhirwall_xml::XmlLimits::default()
     };
     fhirwall_xml::xml_to_json(bytes, Definitions::core(), &xml_limits).map_err(|error| {
-        let mut api = ApiError::new(
-            StatusCode::BAD_REQUEST,
+        let mut api = ServiceError::new(
+            ErrorKind::Invalid,
             IssueType::Structure,
             "invalid-xml",
             format!("The XML body is not a valid FHIR resource: {error}"),
@@ -44,13 +44,13 @@ pub(crate) fn parse_xml(bytes: &[u8], limits: &Limits) -> Result<Value, ApiError
 }
 
 /// Serializes a FHIR JSON tree as FHIR XML bytes.
-pub(crate) fn xml_bytes(value: &Value, pretty: bool) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn xml_bytes(value: &Value, pretty: bool) -> Result<Vec<u8>, ServiceError> {
     fhirwall_xml::json_to_xml(value, Definitions::core(), pretty)
         .map(String::into_bytes)
         .map_err(|error| {
             // Stored content the XML writer cannot express is our defect, not the client's.
             tracing::error!(error = %error, "a JSON answer could not be written as XML");
-            ApiError::internal()
+            ServiceError::internal()
         })
 }
 
@@ -80,10 +80,10 @@ pub(crate) async fn into_format(
                 return Response::from_parts(parts, Body::empty());
             }
             serde_json::from_slice::<Value>(&bytes)
-                .map_err(|_| ApiError::internal())
+                .map_err(|_| ServiceError::internal())
                 .and_then(|value| xml_bytes(&value, pretty))
         }
-        Err(_) => Err(ApiError::internal()),
+        Err(_) => Err(ServiceError::internal()),
     };
     match converted {
         Ok(xml) => {
@@ -98,14 +98,14 @@ pub(crate) async fn into_format(
             let outcome = error.outcome.to_json(request_id);
             match xml_bytes(&outcome, pretty) {
                 Ok(xml) => {
-                    let mut response = (error.status, xml).into_response();
+                    let mut response = (crate::error::status_of(&error), xml).into_response();
                     response.headers_mut().insert(
                         header::CONTENT_TYPE,
                         HeaderValue::from_static(negotiate::FHIR_XML),
                     );
                     response
                 }
-                Err(_) => error.into_response_with(request_id),
+                Err(_) => crate::error::error_response(error, request_id),
             }
         }
     }

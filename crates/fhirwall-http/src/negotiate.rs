@@ -2,7 +2,7 @@
 
 use http::HeaderMap;
 
-use crate::error::ApiError;
+use fhirwall_service::{ErrorKind, ServiceError};
 
 pub(crate) const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 pub(crate) const FHIR_XML: &str = "application/fhir+xml; charset=utf-8";
@@ -51,9 +51,9 @@ fn is_xml_type(mime: &str) -> bool {
     )
 }
 
-fn not_acceptable(message: &'static str) -> ApiError {
-    ApiError::new(
-        http::StatusCode::NOT_ACCEPTABLE,
+fn not_acceptable(message: &'static str) -> ServiceError {
+    ServiceError::new(
+        ErrorKind::NotAcceptable,
         fhirwall_model::IssueType::NotSupported,
         "format-not-supported",
         message,
@@ -84,7 +84,7 @@ fn quality(part: &str) -> f32 {
 pub(crate) fn response_format(
     headers: &HeaderMap,
     format: Option<&str>,
-) -> Result<Format, ApiError> {
+) -> Result<Format, ServiceError> {
     if let Some(format) = format {
         let mime = media_type(format);
         if is_json_type(&mime) {
@@ -166,7 +166,7 @@ pub(crate) fn default_to_body_format(
 
 /// The body of a write must be FHIR JSON or FHIR XML (or, for PATCH, a JSON Patch). 415
 /// otherwise. Returns the body's format.
-pub(crate) fn check_content_type(headers: &HeaderMap, patch: bool) -> Result<Format, ApiError> {
+pub(crate) fn check_content_type(headers: &HeaderMap, patch: bool) -> Result<Format, ServiceError> {
     let mime = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -192,8 +192,8 @@ pub(crate) fn check_content_type(headers: &HeaderMap, patch: bool) -> Result<For
     } else {
         "application/fhir+json or application/fhir+xml"
     };
-    Err(ApiError::new(
-        http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+    Err(ServiceError::new(
+        ErrorKind::UnsupportedMediaType,
         fhirwall_model::IssueType::NotSupported,
         "unsupported-media-type",
         format!("The request body must be {expected}."),

@@ -19,10 +19,35 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::state::AppState;
+use fhirwall_service::Service;
 
 /// Open connections served at once.
 const MAX_CONNECTIONS: usize = 16_384;
+
+/// Limits on what a request may carry.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_json_depth: usize,
+    /// How long a request body may take to arrive.
+    pub body_read_timeout: Duration,
+    /// The request line and headers together (HTTP/1.1), or the header list (HTTP/2): past it
+    /// a request gets 431 on either protocol.
+    pub max_header_bytes: usize,
+}
+
+/// What every handler shares: the application and the edge's limits. Cheap to clone.
+#[derive(Clone)]
+pub struct Edge {
+    pub(crate) service: Service,
+    pub(crate) limits: Limits,
+}
+
+impl Edge {
+    pub fn new(service: Service, limits: Limits) -> Self {
+        Edge { service, limits }
+    }
+}
 
 /// The correlation id of a request, generated here for every request.
 #[derive(Clone, Debug)]
@@ -49,7 +74,7 @@ pub async fn bind(
     })
 }
 
-fn router(state: AppState) -> Router {
+fn router(state: Edge) -> Router {
     Router::new()
         .route("/fhir", any(crate::fhir::entry_root))
         .route("/fhir/", any(crate::fhir::entry_root))
@@ -130,18 +155,23 @@ impl BoundServer {
 
     /// Serves until `shutdown` resolves, then stops accepting and waits up to `grace` for
     /// open requests to finish.
-    pub async fn run(self, state: AppState, shutdown: impl Future<Output = ()>, grace: Duration) {
-        let app = router(state);
+    pub async fn run(self, edge: Edge, shutdown: impl Future<Output = ()>, grace: Duration) {
+        // hyper's HTTP/1.1 read buffer, which must hold the request line and headers, cannot
+        // be smaller than 8 KiB.
+        let header_bytes = edge.limits.max_header_bytes.max(8192);
+        let app = router(edge);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut builder = Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30));
+            .header_read_timeout(Duration::from_secs(30))
+            .max_buf_size(header_bytes);
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(256);
+            .max_concurrent_streams(256)
+            .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
         let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         // Each open connection holds a permit; past the limit new connections are closed at
         // once instead of exhausting memory and file descriptors.

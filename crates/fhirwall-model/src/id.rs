@@ -8,6 +8,8 @@ pub enum IdError {
     UnknownType(String),
     #[error("a resource id is 1 to 64 characters of A-Z, a-z, 0-9, '-' and '.'")]
     BadId,
+    #[error("a tenant is 1 to 64 characters of a-z, 0-9 and '-'")]
+    BadTenant,
 }
 
 /// A resource type known to FHIR R4 (checked against the generated table).
@@ -69,6 +71,44 @@ impl fmt::Display for ResourceId {
     }
 }
 
+/// A tenant: `[a-z0-9-]{1,64}`. Every stored row, key, client and audit record belongs to one;
+/// it travels with the caller from the access token to every store call.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(String);
+
+impl TenantId {
+    /// The tenant of a single-tenant deployment.
+    pub const DEFAULT: &'static str = "default";
+
+    pub fn parse(name: &str) -> Result<Self, IdError> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            Ok(TenantId(name.to_string()))
+        } else {
+            Err(IdError::BadTenant)
+        }
+    }
+
+    /// The tenant of a single-tenant deployment.
+    pub fn default_tenant() -> Self {
+        TenantId(Self::DEFAULT.to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +120,15 @@ mod tests {
         assert!(ResourceId::parse("a/b").is_err());
         assert!(ResourceId::parse(&"a".repeat(65)).is_err());
         assert!(ResourceId::parse(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn tenants() {
+        assert!(TenantId::parse("default").is_ok());
+        assert!(TenantId::parse("Clinic").is_err());
+        assert!(TenantId::parse("").is_err());
+        assert!(TenantId::parse("a/b").is_err());
+        assert_eq!(TenantId::default_tenant().as_str(), "default");
     }
 
     #[test]

@@ -8,12 +8,14 @@ mod json;
 mod outcome;
 mod patch;
 mod subset;
+mod timestamp;
 
-pub use id::{IdError, ResourceId, ResourceType};
+pub use id::{IdError, ResourceId, ResourceType, TenantId};
 pub use json::{JsonError, JsonLimits, parse_strict};
 pub use outcome::{IssueSeverity, IssueType, OperationOutcome};
 pub use patch::{PatchError, apply_json_patch};
 pub use subset::{SubsetError, Summary, apply_elements, apply_summary, parse_elements};
+pub use timestamp::Timestamp;
 
 /// Relative references (`Patient/123`) to the patients a resource concerns, found through the
 /// patient compartment's paths. A Patient concerns itself.

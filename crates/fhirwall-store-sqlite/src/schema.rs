@@ -1,12 +1,14 @@
-//! The database schema and its migrations. Bodies and audit records are ciphertext; ids are
-//! server-assigned or client-chosen identifiers, never patient data.
+//! The database schema and its migrations. Bodies and audit records are ciphertext, tags are
+//! the application's keyed MACs; ids are server-assigned or client-chosen identifiers, never
+//! patient data. Migrations are only ever appended: a released one must not change.
 
 use rusqlite::Connection;
 
-use crate::backend;
+use crate::rows::store_error;
 use fhirwall_store::StoreError;
 
-const MIGRATIONS: &[&str] = &[r"
+pub(crate) const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE resource_versions (
     seq INTEGER PRIMARY KEY,
     tenant TEXT NOT NULL,
@@ -68,13 +70,38 @@ CREATE TABLE used_jti (
     PRIMARY KEY (client_id, jti)
 ) WITHOUT ROWID;
 CREATE INDEX used_jti_by_expiry ON used_jti (expires);
-"];
+",
+    // Integrity tags (NULL on rows written before them) and clients per tenant. A client's
+    // key becomes (tenant, client_id), which SQLite can only do by rebuilding the table;
+    // existing clients belong to the default tenant. Audit pages are per tenant now, so they
+    // get an index that keeps one tenant's page from walking every other tenant's records.
+    r"
+ALTER TABLE resource_versions ADD COLUMN tag BLOB;
+ALTER TABLE resource_current ADD COLUMN pointer_tag BLOB;
+CREATE TABLE clients_by_tenant (
+    tenant TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    jwks TEXT,
+    jwks_uri TEXT,
+    scope TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    tag BLOB,
+    PRIMARY KEY (tenant, client_id)
+);
+INSERT INTO clients_by_tenant (tenant, client_id, name, jwks, jwks_uri, scope, created)
+    SELECT 'default', client_id, name, jwks, jwks_uri, scope, created FROM clients;
+DROP TABLE clients;
+ALTER TABLE clients_by_tenant RENAME TO clients;
+CREATE INDEX audit_log_by_tenant ON audit_log (tenant, seq);
+",
+];
 
 /// Puts the database in WAL mode and applies the migrations it has not seen.
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
-        .map_err(backend)?;
+        .map_err(store_error)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Backend(format!(
             "the database refused WAL mode ({mode})"
@@ -82,16 +109,107 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     }
     let applied: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .map_err(backend)?;
-    for (index, sql) in MIGRATIONS.iter().enumerate() {
-        let number = index as i64 + 1;
+        .map_err(store_error)?;
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    if applied > known {
+        // A newer release changed the schema; writing with this one could break its rules.
+        return Err(StoreError::Backend(format!(
+            "the database schema is version {applied}, newer than this release knows ({known})"
+        )));
+    }
+    for (number, sql) in (1_i64..).zip(MIGRATIONS) {
         if number <= applied {
             continue;
         }
-        conn.execute_batch(&format!(
+        let applied = conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {number}; COMMIT;"
-        ))
-        .map_err(backend)?;
+        ));
+        if let Err(e) = applied {
+            // The batch stops at the failing statement with its transaction still open.
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(store_error(e));
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+    use fhirwall_store::{
+        AuthState, ResourceId, ResourceKey, ResourceStore, ResourceType, TenantId,
+    };
+
+    use super::*;
+    use crate::SqliteStore;
+
+    /// A database written before tags and tenants of clients opens with its rows intact:
+    /// no tags (NULL) and its clients in the default tenant.
+    #[tokio::test]
+    async fn rows_from_before_tags_read_without_them() {
+        let dir = std::env::temp_dir().join(format!("fhirwall-schema-v1-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("db.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&format!(
+                "PRAGMA journal_mode=WAL; BEGIN; {} ; PRAGMA user_version = 1; COMMIT;",
+                MIGRATIONS[0]
+            ))
+            .unwrap();
+            conn.execute_batch(
+                "INSERT INTO resource_versions (tenant, rtype, id, version, last_updated, method, body) \
+                 VALUES ('default', 'Patient', 'old', 1, 7, 'create', x'01');
+                 INSERT INTO resource_current (tenant, rtype, id, version, deleted, seq) \
+                 VALUES ('default', 'Patient', 'old', 1, 0, 1);
+                 INSERT INTO clients (client_id, name, jwks, jwks_uri, scope, created) \
+                 VALUES ('c', 'n', NULL, 'https://c.example/jwks', 'system/*.rs', 3);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let key = ResourceKey {
+            tenant: TenantId::default_tenant(),
+            resource_type: ResourceType::parse("Patient").unwrap(),
+            id: ResourceId::parse("old").unwrap(),
+        };
+        let current = store.read_current(&key).await.unwrap().unwrap();
+        assert_eq!(current.version.tag, None);
+        assert_eq!(current.pointer_tag, None);
+        assert_eq!(current.version.sealed_body, Some(vec![1]));
+        let client = store
+            .get_client(&TenantId::default_tenant(), "c")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(client.tenant, TenantId::default_tenant());
+        assert_eq!(client.tag, None);
+        assert_eq!(client.jwks_uri.as_deref(), Some("https://c.example/jwks"));
+        let version: i64 = store
+            .with_admin(|conn| conn.query_row("PRAGMA user_version", [], |row| row.get(0)))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_schema_newer_than_this_release_is_refused() {
+        let dir = std::env::temp_dir().join(format!("fhirwall-schema-new-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("db.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 99")
+            .unwrap();
+        let refused = SqliteStore::open(&path).map(|_| ());
+        assert!(
+            matches!(&refused, Err(StoreError::Backend(m)) if m.contains("newer")),
+            "{refused:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

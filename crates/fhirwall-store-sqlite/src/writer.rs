@@ -1,23 +1,27 @@
 //! The single writer: it owns the write connection and commits every queued request in one
-//! transaction with one disk sync (group commit). It links audit records into the chain in
-//! commit order, so the chain needs no lock.
+//! transaction with one disk sync (group commit). It links audit records with the store's
+//! `AuditChain` in commit order, so the chain needs no lock. It never reads the clock: the
+//! only time it needs (to forget expired jtis) comes with the requests.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::thread::JoinHandle;
 
-use fhirwall_store::{CurrentQuery, Expect, SealedAudit, StoreError, WriteConflict, WriteRequest};
+use fhirwall_store::{
+    AuditChain, CurrentVersion, Expect, SealedAudit, StoreError, StoredVersion, WriteConflict,
+    WriteRequest,
+};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use crate::backend;
-
-/// Computes the chain link of a record from the previous link, its sequence number, its id
-/// and its sealed bytes (the keyed MAC lives in the crypto and audit crates).
-pub type ChainFn = Box<dyn Fn(&[u8; 32], u64, &str, &[u8]) -> [u8; 32] + Send>;
+use crate::plan::{Select, guard_plan, render};
+use crate::rows::{self, store_error};
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// The chain head: the last record's sequence number and link (0 and empty before the first).
+type Head = (u64, Vec<u8>);
 
 pub(crate) enum Command {
     Write(Box<WriteRequest>, Reply<Result<u64, WriteConflict>>),
@@ -26,6 +30,7 @@ pub(crate) enum Command {
         client_id: String,
         jti: String,
         expires_unix: i64,
+        now_unix: i64,
         reply: Reply<bool>,
     },
     SaveKey(fhirwall_store::StoredKey, Reply<()>),
@@ -91,26 +96,18 @@ pub(crate) fn spawn(
     conn: Connection,
     checkpoint_conn: Connection,
     wal_path: std::path::PathBuf,
-    chain: ChainFn,
+    chain: Arc<dyn AuditChain>,
     cache: Arc<crate::cache::CurrentCache>,
 ) -> Result<WriterHandle, StoreError> {
-    let head = conn
+    let head: Head = conn
         .query_row(
             "SELECT seq, link FROM audit_log ORDER BY seq DESC LIMIT 1",
             [],
-            |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, Vec<u8>>(1)?)),
+            |row| Ok((rows::unsigned(row, 0, "audit seq")?, row.get(1)?)),
         )
         .optional()
-        .map_err(backend)?;
-    let head = match head {
-        None => (0, [0u8; 32]),
-        Some((seq, link)) => {
-            let link: [u8; 32] = link
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("the audit chain head is malformed".into()))?;
-            (seq, link)
-        }
-    };
+        .map_err(store_error)?
+        .unwrap_or_default();
     let (sender, receiver) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("fhirwall-writer".into())
@@ -134,7 +131,7 @@ enum Pending {
     Write(
         Reply<Result<u64, WriteConflict>>,
         Result<Result<u64, WriteConflict>, StoreError>,
-        Option<fhirwall_store::StoredVersion>,
+        Option<CurrentVersion>,
     ),
     Audit(Reply<u64>, Result<u64, StoreError>),
     Jti(Reply<bool>, Result<bool, StoreError>),
@@ -144,11 +141,13 @@ enum Pending {
 fn run(
     mut conn: Connection,
     receiver: Receiver<Command>,
-    chain: ChainFn,
-    mut head: (u64, [u8; 32]),
+    chain: Arc<dyn AuditChain>,
+    mut head: Head,
     cache: &crate::cache::CurrentCache,
 ) {
     let mut commits: u64 = 0;
+    // The clock of the latest client-assertion check: entries that expired before it can go.
+    let mut latest_now: Option<i64> = None;
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -157,16 +156,21 @@ fn run(
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        let head_before = head;
-        let outcome = commit_batch(&mut conn, batch, &chain, &mut head);
+        for command in &batch {
+            if let Command::Jti { now_unix, .. } = command {
+                latest_now = Some(*now_unix);
+            }
+        }
+        let head_before = head.clone();
+        let outcome = commit_batch(&mut conn, batch, chain.as_ref(), &mut head);
         match outcome {
             Ok(pending) => {
                 for item in pending {
                     match item {
                         Pending::Write(reply, result, committed) => {
                             // Published before the answer, so whoever hears of the write reads it.
-                            if let Some(version) = &committed {
-                                cache.publish(version);
+                            if let Some(current) = &committed {
+                                cache.publish(current);
                             }
                             drop(reply.send(result));
                         }
@@ -191,14 +195,11 @@ fn run(
             }
         }
         commits += 1;
-        if commits.is_multiple_of(4096) {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            if let Err(e) = conn.execute("DELETE FROM used_jti WHERE expires < ?1", params![now]) {
-                tracing::warn!(error = %e, "could not prune used client-assertion ids");
-            }
+        if commits.is_multiple_of(4096)
+            && let Some(now) = latest_now
+            && let Err(e) = conn.execute("DELETE FROM used_jti WHERE expires < ?1", params![now])
+        {
+            tracing::warn!(error = %e, "could not prune used client-assertion ids");
         }
     }
 }
@@ -212,8 +213,8 @@ type BatchResult = Result<Vec<Pending>, (Vec<Pending>, StoreError)>;
 fn commit_batch(
     conn: &mut Connection,
     batch: Vec<Command>,
-    chain: &ChainFn,
-    head: &mut (u64, [u8; 32]),
+    chain: &dyn AuditChain,
+    head: &mut Head,
 ) -> BatchResult {
     let mut pending = Vec::with_capacity(batch.len());
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
@@ -222,7 +223,7 @@ fn commit_batch(
             for command in batch {
                 pending.push(failed(command));
             }
-            return Err((pending, backend(e)));
+            return Err((pending, store_error(e)));
         }
     };
     let mut failure: Option<StoreError> = None;
@@ -238,9 +239,12 @@ fn commit_batch(
                     failure = Some(StoreError::Backend(e.to_string()));
                 }
                 let committed = match &result {
-                    Ok(Ok(seq)) => Some(fhirwall_store::StoredVersion {
-                        seq: *seq,
-                        ..request.version
+                    Ok(Ok(seq)) => Some(CurrentVersion {
+                        version: StoredVersion {
+                            seq: *seq,
+                            ..request.version
+                        },
+                        pointer_tag: Some(request.pointer_tag),
                     }),
                     _ => None,
                 };
@@ -257,6 +261,7 @@ fn commit_batch(
                 client_id,
                 jti,
                 expires_unix,
+                now_unix: _,
                 reply,
             } => {
                 let result = tx
@@ -265,14 +270,14 @@ fn commit_batch(
                     )
                     .and_then(|mut s| s.execute(params![client_id, jti, expires_unix]))
                     .map(|n| n == 1)
-                    .map_err(backend);
+                    .map_err(store_error);
                 if let Err(e) = &result {
                     failure = Some(StoreError::Backend(e.to_string()));
                 }
                 pending.push(Pending::Jti(reply, result));
             }
             Command::SaveKey(key, reply) => {
-                let result = crate::insert_key(&tx, &key).map_err(backend);
+                let result = crate::keys::insert_key(&tx, &key).map_err(store_error);
                 if let Err(e) = &result {
                     failure = Some(StoreError::Backend(e.to_string()));
                 }
@@ -286,7 +291,7 @@ fn commit_batch(
     }
     match tx.commit() {
         Ok(()) => Ok(pending),
-        Err(e) => Err((pending, backend(e))),
+        Err(e) => Err((pending, store_error(e))),
     }
 }
 
@@ -303,50 +308,56 @@ fn failed(command: Command) -> Pending {
 fn append_audit(
     tx: &Transaction<'_>,
     record: &SealedAudit,
-    chain: &ChainFn,
-    head: &mut (u64, [u8; 32]),
+    chain: &dyn AuditChain,
+    head: &mut Head,
 ) -> Result<u64, StoreError> {
     let seq = head.0 + 1;
-    let link = chain(&head.1, seq, &record.record_id, &record.sealed);
+    let link = chain.link(&head.1, seq, &record.record_id, &record.sealed);
     tx.prepare_cached(
-        "INSERT INTO audit_log (seq, tenant, record_id, recorded, sealed, link) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO audit_log (seq, tenant, record_id, recorded, sealed, link) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )
     .and_then(|mut s| {
         s.execute(params![
-            seq as i64,
-            record.tenant,
+            rows::bound(seq),
+            record.tenant.as_str(),
             record.record_id,
             record.recorded_micros,
             record.sealed,
-            link.as_slice()
+            link
         ])
     })
-    .map_err(backend)?;
+    .map_err(store_error)?;
     *head = (seq, link);
     Ok(seq)
 }
 
-/// Checks the expectation and guard, then stores the version, its index terms and its audit
-/// record. An error here fails the whole batch (see `commit_batch`).
+/// Checks the expectation and guard, then stores the version, its current pointer, its index
+/// terms and its audit record. An error here fails the whole batch (see `commit_batch`).
 fn apply_write(
     tx: &Transaction<'_>,
     request: &WriteRequest,
-    chain: &ChainFn,
-    head: &mut (u64, [u8; 32]),
+    chain: &dyn AuditChain,
+    head: &mut Head,
 ) -> Result<Result<u64, WriteConflict>, StoreError> {
     let v = &request.version;
+    let key = &v.key;
+    let (tenant, rtype, id) = (
+        key.tenant.as_str(),
+        key.resource_type.as_str(),
+        key.id.as_str(),
+    );
     let current: Option<u64> = tx
         .prepare_cached(
             "SELECT version FROM resource_current WHERE tenant = ?1 AND rtype = ?2 AND id = ?3",
         )
         .and_then(|mut s| {
-            s.query_row(params![v.tenant, v.resource_type, v.id], |row| {
-                row.get::<_, i64>(0)
+            s.query_row(params![tenant, rtype, id], |row| {
+                rows::unsigned(row, 0, "version")
             })
             .optional()
         })
-        .map_err(backend)?
-        .map(|n| n as u64);
+        .map_err(store_error)?;
     let matches = match request.expect {
         Expect::Absent => current.is_none(),
         Expect::Current(n) => current == Some(n),
@@ -354,79 +365,78 @@ fn apply_write(
     if !matches {
         return Ok(Err(WriteConflict::VersionMismatch { current }));
     }
-    if let Some(guard) = &request.guard {
-        let (sql, args) = crate::current_query_sql(&CurrentQuery {
-            tenant: v.tenant.clone(),
-            resource_type: v.resource_type.clone(),
-            id: None,
-            terms: guard.terms.clone(),
-            after_seq: None,
-            limit: 2,
-        });
-        let ids: Vec<String> = tx
+    if let Some(guard) = &request.guard
+        && let Some((sql, args)) = render(&guard_plan(key, guard), Select::Ids)
+    {
+        let ids = tx
             .prepare_cached(&sql)
             .and_then(|mut s| {
                 let rows = s.query_map(rusqlite::params_from_iter(args), |row| {
-                    row.get::<_, String>(2)
+                    rows::resource_id(row, 0)
                 })?;
-                rows.collect()
+                rows.collect::<Result<Vec<_>, _>>()
             })
-            .map_err(backend)?;
+            .map_err(store_error)?;
         if !ids.is_empty() {
             return Ok(Err(WriteConflict::GuardMatched { ids }));
         }
     }
 
     tx.prepare_cached(
-        "INSERT INTO resource_versions (tenant, rtype, id, version, last_updated, method, body) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO resource_versions (tenant, rtype, id, version, last_updated, method, body, tag) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )
     .and_then(|mut s| {
         s.execute(params![
-            v.tenant,
-            v.resource_type,
-            v.id,
-            v.version as i64,
+            tenant,
+            rtype,
+            id,
+            rows::bound(v.version),
             v.last_updated_micros,
             v.method.as_str(),
-            v.sealed_body
+            v.sealed_body,
+            v.tag.as_ref().map(|t| t.0.as_slice())
         ])
     })
-    .map_err(backend)?;
+    .map_err(store_error)?;
     let seq = tx.last_insert_rowid();
     tx.prepare_cached(
-        "INSERT INTO resource_current (tenant, rtype, id, version, deleted, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+        "INSERT INTO resource_current (tenant, rtype, id, version, deleted, seq, pointer_tag) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
          ON CONFLICT (tenant, rtype, id) DO UPDATE SET version = excluded.version, \
-         deleted = excluded.deleted, seq = excluded.seq",
+         deleted = excluded.deleted, seq = excluded.seq, pointer_tag = excluded.pointer_tag",
     )
     .and_then(|mut s| {
         s.execute(params![
-            v.tenant,
-            v.resource_type,
-            v.id,
-            v.version as i64,
+            tenant,
+            rtype,
+            id,
+            rows::bound(v.version),
             i64::from(v.is_deleted()),
-            seq
+            seq,
+            request.pointer_tag.0.as_slice()
         ])
     })
-    .map_err(backend)?;
+    .map_err(store_error)?;
     if current.is_some() {
         tx.prepare_cached("DELETE FROM search_terms WHERE tenant = ?1 AND rtype = ?2 AND id = ?3")
-            .and_then(|mut s| s.execute(params![v.tenant, v.resource_type, v.id]))
-            .map_err(backend)?;
+            .and_then(|mut s| s.execute(params![tenant, rtype, id]))
+            .map_err(store_error)?;
     }
     {
         let mut insert = tx
             .prepare_cached(
                 "INSERT OR IGNORE INTO search_terms (tenant, rtype, id, term) VALUES (?1, ?2, ?3, ?4)",
             )
-            .map_err(backend)?;
+            .map_err(store_error)?;
         for term in &request.index_terms {
             insert
-                .execute(params![v.tenant, v.resource_type, v.id, term.0.as_slice()])
-                .map_err(backend)?;
+                .execute(params![tenant, rtype, id, term.0.as_slice()])
+                .map_err(store_error)?;
         }
     }
     append_audit(tx, &request.audit, chain, head)?;
-    Ok(Ok(seq as u64))
+    let seq = u64::try_from(seq)
+        .map_err(|_| StoreError::Corrupt("a version's sequence number is negative".into()))?;
+    Ok(Ok(seq))
 }

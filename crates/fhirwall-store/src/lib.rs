@@ -1,14 +1,16 @@
-//! The storage interface every backend implements (embedded SQLite today, PostgreSQL next).
-//! Backends receive only sealed bytes and blind-index terms: nothing here ever sees plaintext
-//! ePHI, and nothing here knows SQL.
-
-pub mod conformance;
+//! The storage interface every backend implements (embedded SQLite today, PostgreSQL next), as
+//! four roles: resources and their history, the audit trail, authorization state, and wrapped
+//! keys. Backends receive only sealed bytes, keyed index terms and keyed integrity tags:
+//! nothing here ever sees plaintext ePHI or a key, and nothing here knows SQL.
+//!
+//! The invariants every backend keeps are written on the traits; the conformance suite
+//! (`fhirwall-store-conformance`) tells the same story against each backend.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
-/// The tenant of a single-tenant deployment.
-pub const DEFAULT_TENANT: &str = "default";
+pub use fhirwall_model::{ResourceId, ResourceType, TenantId};
 
 /// What every store call returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -54,18 +56,40 @@ impl Method {
     }
 }
 
+/// A keyed MAC the application computes over a stored row's meaning (a version, a current
+/// pointer, a client record). The store keeps it beside the row and hands it back; whoever can
+/// write the database but not read the keyring cannot make a valid one, so an edited row is
+/// detected when it is used and by `audit verify`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IntegrityTag(pub [u8; 32]);
+
+/// Which resource: tenant, type and id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResourceKey {
+    pub tenant: TenantId,
+    pub resource_type: ResourceType,
+    pub id: ResourceId,
+}
+
+impl ResourceKey {
+    /// `Type/id`, as references and audit entities name it.
+    pub fn reference(&self) -> String {
+        format!("{}/{}", self.resource_type, self.id)
+    }
+}
+
 /// One version of one resource as stored. `sealed_body` is ciphertext (absent for a delete).
 #[derive(Debug, Clone)]
 pub struct StoredVersion {
-    pub tenant: String,
-    pub resource_type: String,
-    pub id: String,
+    pub key: ResourceKey,
     pub version: u64,
     pub last_updated_micros: i64,
     pub method: Method,
     pub sealed_body: Option<Vec<u8>>,
     /// The store-wide commit sequence number; 0 until stored.
     pub seq: u64,
+    /// The application's tag over this version (`None` only for rows written before tags).
+    pub tag: Option<IntegrityTag>,
 }
 
 impl StoredVersion {
@@ -74,8 +98,16 @@ impl StoredVersion {
     }
 }
 
+/// The current version of a resource together with the tag of the pointer that makes it
+/// current, so a pointer moved back to an older version is detected on use.
+#[derive(Debug, Clone)]
+pub struct CurrentVersion {
+    pub version: StoredVersion,
+    pub pointer_tag: Option<IntegrityTag>,
+}
+
 /// A blind-index term (a keyed MAC of a normalized search value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IndexTerm(pub [u8; 16]);
 
 /// The state of a resource the writer saw when it prepared a write. The store applies the
@@ -98,7 +130,7 @@ pub struct NoMatchGuard {
 /// A sealed audit record, ready to chain.
 #[derive(Debug, Clone)]
 pub struct SealedAudit {
-    pub tenant: String,
+    pub tenant: TenantId,
     pub record_id: String,
     pub recorded_micros: i64,
     pub sealed: Vec<u8>,
@@ -108,7 +140,7 @@ pub struct SealedAudit {
 #[derive(Debug, Clone)]
 pub struct StoredAudit {
     pub seq: u64,
-    pub tenant: String,
+    pub tenant: TenantId,
     pub record_id: String,
     pub recorded_micros: i64,
     pub sealed: Vec<u8>,
@@ -119,6 +151,8 @@ pub struct StoredAudit {
 #[derive(Debug, Clone)]
 pub struct WriteRequest {
     pub version: StoredVersion,
+    /// The tag of the current pointer the write leaves behind.
+    pub pointer_tag: IntegrityTag,
     pub expect: Expect,
     pub guard: Option<NoMatchGuard>,
     /// The index terms of the new current version (empty for a delete); they replace the old.
@@ -133,98 +167,163 @@ pub enum WriteConflict {
     /// The resource changed since the caller looked; `current` is what is there now.
     VersionMismatch { current: Option<u64> },
     /// A conditional guard matched these resource ids.
-    GuardMatched { ids: Vec<String> },
+    GuardMatched { ids: Vec<ResourceId> },
 }
 
 /// Which history to page through, newest first.
 #[derive(Debug, Clone)]
 pub struct HistoryQuery {
-    pub tenant: String,
-    pub resource_type: Option<String>,
-    pub id: Option<String>,
+    pub tenant: TenantId,
+    pub resource_type: Option<ResourceType>,
+    /// Only with `resource_type`.
+    pub id: Option<ResourceId>,
     pub since_micros: Option<i64>,
     /// Only versions committed before this sequence number (the paging cursor).
     pub before_seq: Option<u64>,
     pub limit: usize,
 }
 
-/// A current-resource lookup: all criteria must hold; results in commit order.
+/// A plan over current, non-deleted resources of one type, as the application's indexing
+/// module builds it: every clause must hold, and a clause holds when the resource carries any
+/// one of its terms (AND of ORs). Results come in commit order.
 #[derive(Debug, Clone)]
 pub struct CurrentQuery {
-    pub tenant: String,
-    pub resource_type: String,
-    pub id: Option<String>,
-    pub terms: Vec<IndexTerm>,
+    pub tenant: TenantId,
+    pub resource_type: ResourceType,
+    pub id: Option<ResourceId>,
+    pub clauses: Vec<Vec<IndexTerm>>,
     /// Only resources whose current version was committed after this sequence number.
     pub after_seq: Option<u64>,
     pub limit: usize,
 }
 
-/// A wrapped key as persisted; the store never sees an unwrapped key.
+/// A wrapped key as persisted; the store never sees an unwrapped key. The same type is what
+/// the crypto crate wraps and unwraps (`fhirwall_crypto::WrappedDataKey` converts both ways).
 #[derive(Debug, Clone)]
 pub struct StoredKey {
     pub key_id: String,
     pub purpose: String,
-    pub tenant: String,
+    pub tenant: TenantId,
     pub kek_id: String,
     pub wrapped: Vec<u8>,
     pub created_unix: i64,
 }
 
-/// A registered backend-services client.
+/// A registered client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientRecord {
+    pub tenant: TenantId,
     pub client_id: String,
     pub name: String,
     pub jwks: Option<String>,
     pub jwks_uri: Option<String>,
     pub scope: String,
     pub created_unix: i64,
+    /// The application's tag over every field above (`None` only for rows written before tags).
+    pub tag: Option<IntegrityTag>,
 }
 
-/// The storage interface. Writes and audit appends are durable when their future resolves.
-pub trait Store: Send + Sync + 'static {
+/// Computes an audit record's chain link. The chain is part of the interface: each backend is
+/// started with one and links every record it appends, in commit order, as
+/// `link(n) = chain.link(link(n-1), n, record id, sealed record)` with an empty `link(0)`.
+pub trait AuditChain: Send + Sync + 'static {
+    fn link(&self, previous: &[u8], seq: u64, record_id: &str, sealed: &[u8]) -> Vec<u8>;
+}
+
+/// Resources and their history.
+///
+/// Invariants every backend keeps:
+/// - A write stores its version, its current pointer, its index terms and its audit record in
+///   one durable commit, or none of them; the future resolves only after that commit.
+/// - `expect` and `guard` are checked atomically with the write; a failed check stores
+///   nothing (not even the audit record) and answers a [`WriteConflict`].
+/// - Every version is kept; `seq` grows with commit order across all resources.
+pub trait ResourceStore: Send + Sync {
     /// Applies a resource write and its audit record in one durable commit, or neither.
     fn write(&self, request: WriteRequest) -> StoreFuture<'_, Result<u64, WriteConflict>>;
-    /// Appends an audit record; resolves when it is durable. Returns its sequence number.
-    fn append_audit(&self, record: SealedAudit) -> StoreFuture<'_, u64>;
-    /// Records a client-assertion `jti`; false if it was already used.
-    fn use_jti(&self, client_id: &str, jti: &str, expires_unix: i64) -> StoreFuture<'_, bool>;
-
-    fn read_current<'a>(
-        &'a self,
-        tenant: &'a str,
-        resource_type: &'a str,
-        id: &'a str,
-    ) -> StoreFuture<'a, Option<StoredVersion>>;
+    /// The current version (deleted ones included).
+    fn read_current<'a>(&'a self, key: &'a ResourceKey) -> StoreFuture<'a, Option<CurrentVersion>>;
     fn read_version<'a>(
         &'a self,
-        tenant: &'a str,
-        resource_type: &'a str,
-        id: &'a str,
+        key: &'a ResourceKey,
         version: u64,
     ) -> StoreFuture<'a, Option<StoredVersion>>;
     fn history(&self, query: HistoryQuery) -> StoreFuture<'_, Vec<StoredVersion>>;
-    /// Current, non-deleted versions matching the query.
+    /// Current, non-deleted versions matching the plan.
     fn find_current(&self, query: CurrentQuery) -> StoreFuture<'_, Vec<StoredVersion>>;
+}
 
-    /// Audit records newest first, before `before_seq` when given.
-    fn audit_page(
-        &self,
+/// The audit trail.
+///
+/// Invariants every backend keeps:
+/// - Records are numbered 1, 2, 3... without gaps in commit order and linked with the
+///   [`AuditChain`] the backend was started with; a record is never changed or removed.
+/// - `append` resolves only when the record is durable (reads are answered only then).
+pub trait AuditTrail: Send + Sync {
+    /// Appends an audit record; resolves when it is durable. Returns its sequence number.
+    fn append_audit(&self, record: SealedAudit) -> StoreFuture<'_, u64>;
+    /// The tenant's records newest first, before `before_seq` when given.
+    fn audit_page<'a>(
+        &'a self,
+        tenant: &'a TenantId,
         before_seq: Option<u64>,
         limit: usize,
-    ) -> StoreFuture<'_, Vec<StoredAudit>>;
-    /// Audit records oldest first, after `after_seq`: the verifier's walk.
+    ) -> StoreFuture<'a, Vec<StoredAudit>>;
+    /// Every record oldest first, after `after_seq`: the verifier's walk over the one chain.
     fn audit_scan(&self, after_seq: u64, limit: usize) -> StoreFuture<'_, Vec<StoredAudit>>;
-    fn audit_get(&self, seq: u64) -> StoreFuture<'_, Option<StoredAudit>>;
+    /// One of the tenant's records by sequence number.
+    fn audit_get<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        seq: u64,
+    ) -> StoreFuture<'a, Option<StoredAudit>>;
+}
 
+/// Authorization state: registered clients and used client-assertion ids.
+///
+/// Invariants every backend keeps:
+/// - `use_jti` is single-use across every process sharing the store: of two concurrent uses
+///   of one (client, jti), exactly one returns true. Entries may be forgotten after
+///   `expires_unix` has passed (`now_unix` is the caller's clock).
+pub trait AuthState: Send + Sync {
+    /// Records a client-assertion `jti`; false if it was already used.
+    fn use_jti<'a>(
+        &'a self,
+        client_id: &'a str,
+        jti: &'a str,
+        expires_unix: i64,
+        now_unix: i64,
+    ) -> StoreFuture<'a, bool>;
+    fn add_client(&self, client: ClientRecord) -> StoreFuture<'_, ()>;
+    fn get_client<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        client_id: &'a str,
+    ) -> StoreFuture<'a, Option<ClientRecord>>;
+    fn list_clients<'a>(&'a self, tenant: &'a TenantId) -> StoreFuture<'a, Vec<ClientRecord>>;
+    fn remove_client<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        client_id: &'a str,
+    ) -> StoreFuture<'a, bool>;
+}
+
+/// Wrapped keys.
+///
+/// Invariants every backend keeps: keys come back in the order they were saved (the newest
+/// data key of a tenant is its active one); a rewrap changes only `kek_id` and `wrapped`.
+pub trait KeyStore: Send + Sync {
     fn load_keys(&self) -> StoreFuture<'_, Vec<StoredKey>>;
     fn save_key(&self, key: StoredKey) -> StoreFuture<'_, ()>;
     /// Replaces the wrapping of an existing key (KEK rotation); its id and order stay.
     fn rewrap_key(&self, key: StoredKey) -> StoreFuture<'_, bool>;
+}
 
-    fn add_client(&self, client: ClientRecord) -> StoreFuture<'_, ()>;
-    fn get_client<'a>(&'a self, client_id: &'a str) -> StoreFuture<'a, Option<ClientRecord>>;
-    fn list_clients(&self) -> StoreFuture<'_, Vec<ClientRecord>>;
-    fn remove_client<'a>(&'a self, client_id: &'a str) -> StoreFuture<'a, bool>;
+/// A whole backend: the four roles, plus its life cycle. It is opened first (keys can be read
+/// then, to unwrap the chain key), then started with the chain, which enables writes.
+pub trait Store: ResourceStore + AuditTrail + AuthState + KeyStore + 'static {
+    /// Enables writes; every audit record appended from now on is linked by `chain`.
+    fn start(&self, chain: Arc<dyn AuditChain>) -> Result<(), StoreError>;
+    /// Commits what is pending and stops accepting writes.
+    fn shutdown(&self);
 }

@@ -38,6 +38,17 @@ pub struct ServeArgs {
     /// Deepest JSON nesting accepted (at most 120).
     #[arg(long, env = "FHIRWALL_MAX_JSON_DEPTH")]
     pub max_json_depth: Option<usize>,
+    /// Largest request head accepted, in bytes: the request line and headers (HTTP/1.1) or
+    /// the header list (HTTP/2); past it, 431 on either.
+    #[arg(long, env = "FHIRWALL_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Failed authentications per source address and minute that are each audited; past it
+    /// they get 429 and one summary record per minute.
+    #[arg(long, env = "FHIRWALL_AUTH_FAILURES_PER_MINUTE")]
+    pub auth_failures_per_minute: Option<u32>,
+    /// The storage backend: `sqlite` (the embedded default, in the data directory).
+    #[arg(long, env = "FHIRWALL_DATABASE")]
+    pub database: Option<String>,
     /// `text` or `json` log lines on standard error.
     #[arg(long, env = "FHIRWALL_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -76,12 +87,23 @@ struct FileConfig {
     keyring: Option<PathBuf>,
     max_body_bytes: Option<usize>,
     max_json_depth: Option<usize>,
+    max_header_bytes: Option<usize>,
+    auth_failures_per_minute: Option<u32>,
+    database: Option<String>,
     log_format: Option<String>,
     jwks_ca: Option<PathBuf>,
     shutdown_grace_secs: Option<u64>,
     data_key_rotate_after: Option<u64>,
     body_read_timeout_secs: Option<u64>,
     profile_packages: Option<Vec<PathBuf>>,
+}
+
+/// Which storage backend serves: a second one is one more variant and one match arm in
+/// `open_backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded SQLite store in the data directory.
+    Sqlite,
 }
 
 /// The settled configuration.
@@ -95,6 +117,9 @@ pub struct Settings {
     pub keyring: PathBuf,
     pub max_body_bytes: usize,
     pub max_json_depth: usize,
+    pub max_header_bytes: usize,
+    pub auth_failures_per_minute: u32,
+    pub backend: Backend,
     pub log_json: bool,
     pub jwks_ca: Option<PathBuf>,
     pub shutdown_grace_secs: u64,
@@ -113,6 +138,9 @@ const KNOWN_ENV: &[&str] = &[
     "FHIRWALL_KEYRING",
     "FHIRWALL_MAX_BODY_BYTES",
     "FHIRWALL_MAX_JSON_DEPTH",
+    "FHIRWALL_MAX_HEADER_BYTES",
+    "FHIRWALL_AUTH_FAILURES_PER_MINUTE",
+    "FHIRWALL_DATABASE",
     "FHIRWALL_LOG_FORMAT",
     "FHIRWALL_JWKS_CA",
     "FHIRWALL_SHUTDOWN_GRACE_SECS",
@@ -174,6 +202,27 @@ impl Settings {
         if max_body_bytes < 1024 {
             bail!("max_body_bytes must be at least 1024");
         }
+        let max_header_bytes = args
+            .max_header_bytes
+            .or(file.max_header_bytes)
+            .unwrap_or(32 * 1024);
+        if !(8192..=1024 * 1024).contains(&max_header_bytes) {
+            bail!("max_header_bytes must be between 8192 and 1048576");
+        }
+        let auth_failures_per_minute = args
+            .auth_failures_per_minute
+            .or(file.auth_failures_per_minute)
+            .unwrap_or(60);
+        if auth_failures_per_minute == 0 {
+            bail!("auth_failures_per_minute must be at least 1");
+        }
+        let backend = match args.database.or(file.database).as_deref() {
+            None | Some("sqlite") => Backend::Sqlite,
+            Some(other) => bail!(
+                "database must be sqlite (the embedded store), not {}",
+                other.chars().take(40).collect::<String>()
+            ),
+        };
         let log_format = args
             .log_format
             .or(file.log_format)
@@ -226,6 +275,9 @@ impl Settings {
             keyring,
             max_body_bytes,
             max_json_depth,
+            max_header_bytes,
+            auth_failures_per_minute,
+            backend,
             log_json,
             jwks_ca: args.jwks_ca.or(file.jwks_ca),
             shutdown_grace_secs: args

@@ -1,5 +1,7 @@
-//! The `fhirwall` program: wires configuration, keys, the store and the HTTPS server together,
-//! and carries the operator commands (clients, audit verification). No domain logic lives here.
+//! The `fhirwall` program: wires configuration, keys, the chosen storage backend, the
+//! application and the HTTPS edge together, and runs the operator commands by handing them to
+//! the application. No domain logic lives here: policies (which scopes a client may hold, what
+//! `audit verify` checks) are the application's (`fhirwall-service`).
 
 pub mod config;
 mod packages;
@@ -9,57 +11,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use fhirwall_crypto::{Envelope, FileKeyring, KeyProvider, WrappedDataKey};
-use fhirwall_store::{ClientRecord, DEFAULT_TENANT, Store, StoredKey};
+use fhirwall_crypto::{Envelope, FileKeyring, KeyProvider};
+use fhirwall_service::{Clock, Service, ServiceConfig, ServiceParts, SystemClock};
+use fhirwall_store::{ClientRecord, Store, TenantId};
 use fhirwall_store_sqlite::SqliteStore;
 
-pub use config::{ServeArgs, Settings};
+pub use config::{Backend, ServeArgs, Settings};
+pub use fhirwall_service::{ClientRegistration, Rotation as KeyRotation, Verification};
 
 const DATABASE_FILE: &str = "fhirwall.db";
-/// Keys every store holds from its first start. Data keys are made by `serve` (a fresh one at each
-/// start) and by `keys rotate`.
-const PURPOSES: &[&str] = &["audit-chain", "blind-index", "token-signing"];
-
-/// A key as the store keeps it (the store never sees it unwrapped).
-fn to_stored(key: &WrappedDataKey) -> StoredKey {
-    StoredKey {
-        key_id: key.key_id.clone(),
-        purpose: key.purpose.clone(),
-        tenant: key.tenant.clone(),
-        kek_id: key.kek_id.clone(),
-        wrapped: key.wrapped.clone(),
-        created_unix: key.created_unix,
-    }
-}
-
-fn to_wrapped(key: StoredKey) -> WrappedDataKey {
-    WrappedDataKey {
-        key_id: key.key_id,
-        purpose: key.purpose,
-        tenant: key.tenant,
-        kek_id: key.kek_id,
-        wrapped: key.wrapped,
-        created_unix: key.created_unix,
-    }
-}
 
 fn database_path(data_dir: &Path) -> PathBuf {
     data_dir.join(DATABASE_FILE)
 }
 
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+/// Opens the configured backend: the one place that names a backend crate.
+fn open_backend(backend: Backend, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+    match backend {
+        Backend::Sqlite => Ok(Arc::new(SqliteStore::open(&database_path(data_dir))?)),
+    }
 }
 
 /// Opens the store and unwraps its keys; with `create`, makes any key that is missing.
 pub async fn open_secure_store(
+    backend: Backend,
     data_dir: &Path,
     keyring_path: &Path,
     create: bool,
-) -> anyhow::Result<(Arc<SqliteStore>, Envelope)> {
+) -> anyhow::Result<(Arc<dyn Store>, Envelope)> {
     if !create && !keyring_path.exists() {
         bail!("no keyring at {}", keyring_path.display());
     }
@@ -67,23 +46,11 @@ pub async fn open_secure_store(
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let keyring = FileKeyring::open_or_create(keyring_path)?;
     let provider: Arc<dyn KeyProvider> = Arc::new(keyring);
-    let store = Arc::new(SqliteStore::open(&database_path(data_dir))?);
+    let store = open_backend(backend, data_dir)?;
     let mut envelope = Envelope::new(provider);
-    for key in store.load_keys().await? {
-        envelope
-            .load(&to_wrapped(key))
-            .context("a stored data key does not unwrap with this keyring")?;
-    }
-    for purpose in PURPOSES {
-        if envelope.has_key(purpose, DEFAULT_TENANT) {
-            continue;
-        }
-        if !create {
-            bail!("the store has no {purpose} key");
-        }
-        let key = envelope.create_key(purpose, DEFAULT_TENANT, now_unix())?;
-        store.save_key(to_stored(&key)).await?;
-    }
+    fhirwall_service::bootstrap_keys(store.as_ref(), &mut envelope, create, SystemClock.now())
+        .await
+        .context("preparing the keys")?;
     Ok((store, envelope))
 }
 
@@ -117,21 +84,22 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     init_logging(settings.log_json);
     create_private_dir(&settings.data_dir)?;
     let lock = lock_data_dir(&settings.data_dir)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
-    let (store, mut envelope) =
-        open_secure_store(&settings.data_dir, &settings.keyring, true).await?;
+    let (store, mut envelope) = open_secure_store(
+        settings.backend,
+        &settings.data_dir,
+        &settings.keyring,
+        true,
+    )
+    .await?;
     // Each start seals under a fresh data key, so this process's count of encryptions under
     // its key is the whole count; the server replaces it again after `data_key_rotate_after`.
     envelope.set_rotate_after(settings.data_key_rotate_after);
-    let fresh = envelope.new_data_key(DEFAULT_TENANT, now_unix())?;
-    store.save_key(to_stored(&fresh)).await?;
-    envelope.activate_data_key(DEFAULT_TENANT, &fresh.key_id)?;
-    let chain_key = envelope
-        .audit_chain_key(DEFAULT_TENANT)
+    fhirwall_service::start_new_data_key(store.as_ref(), &envelope, clock.now()).await?;
+    let chain = fhirwall_service::audit_chain(&envelope, &TenantId::default_tenant())
         .context("the audit chain key is missing")?;
-    store.start_writer(Box::new(move |previous, seq, record_id, sealed| {
-        fhirwall_audit::chain_link(&chain_key, previous, seq, record_id, sealed)
-    }))?;
+    store.start(chain)?;
 
     let tls_files = match (&settings.tls_cert, &settings.tls_key) {
         (Some(cert), Some(key)) => fhirwall_http::tls::TlsFiles {
@@ -156,7 +124,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
     });
     let signing_key = envelope
-        .token_signing_key(DEFAULT_TENANT)
+        .token_signing_key(TenantId::DEFAULT)
         .context("the token signing key is missing")?;
     let tokens = fhirwall_auth::TokenIssuer::from_pkcs8_der(
         signing_key.expose(),
@@ -170,30 +138,38 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         None => None,
     };
     let fetcher = fhirwall_auth::JwksFetcher::new(extra_ca.as_deref())?;
-    let state = fhirwall_http::AppState::new(
-        store.clone(),
-        Arc::new(envelope),
-        tokens,
-        fetcher,
-        base_url.clone(),
-        DEFAULT_TENANT.to_string(),
-        fhirwall_http::Limits {
-            max_body_bytes: settings.max_body_bytes,
-            max_json_depth: settings.max_json_depth,
-            body_read_timeout: Duration::from_secs(settings.body_read_timeout_secs),
+    let mut config = ServiceConfig::new(base_url.clone());
+    config.auth_failures_per_minute = settings.auth_failures_per_minute;
+    let service = Service::new(
+        ServiceParts {
+            store: store.clone(),
+            envelope: Arc::new(envelope),
+            tokens,
+            fetcher,
+            clock,
         },
-        fhirwall_http::Clock,
+        config,
     )
-    .context("the blind-index key is missing")?;
+    .map_err(|e| anyhow::anyhow!("starting the application: {e}"))?;
     let mut package_profiles = Vec::new();
     for package in &settings.profile_packages {
         package_profiles.extend(packages::structure_definitions(package)?);
     }
-    let profiles = state
+    let profiles = service
         .load_profiles(package_profiles)
         .await
         .map_err(|e| anyhow::anyhow!("loading profiles: {e}"))?;
     tracing::info!(profiles, "profiles loaded");
+    let maintenance = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let mut every_minute = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every_minute.tick().await;
+                service.flush_failure_summaries();
+            }
+        })
+    };
 
     println!("fhirwall listening on {base_url}/fhir");
     if let Some(ca) = &tls_files.dev_ca {
@@ -201,14 +177,27 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     println!("keyring: {}", settings.keyring.display());
     tracing::info!(address = %addr, "serving");
+    let edge = fhirwall_http::Edge::new(
+        service.clone(),
+        fhirwall_http::Limits {
+            max_body_bytes: settings.max_body_bytes,
+            max_json_depth: settings.max_json_depth,
+            body_read_timeout: Duration::from_secs(settings.body_read_timeout_secs),
+            max_header_bytes: settings.max_header_bytes,
+        },
+    );
     server
         .run(
-            state,
+            edge,
             shutdown_signal(),
             Duration::from_secs(settings.shutdown_grace_secs),
         )
         .await;
+    maintenance.abort();
+    service.flush_failure_summaries();
     tracing::info!("stopping: committing what the writer holds");
+    // Let the last summary records reach the writer before it stops.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     store.shutdown();
     drop(lock);
     Ok(())
@@ -275,197 +264,62 @@ pub async fn rotate_keys(data_dir: &Path, keyring: &Path) -> anyhow::Result<Rota
     }
     let lock = lock_data_dir(data_dir)?;
     let new_kek = FileKeyring::add_active_kek(keyring)?;
-    let (store, mut envelope) = open_secure_store(data_dir, keyring, false).await?;
-    let mut rewrapped = 0;
-    for key in store.load_keys().await? {
-        if key.kek_id == new_kek {
-            continue;
-        }
-        let wrapped = envelope.rewrap(&to_wrapped(key))?;
-        if store.rewrap_key(to_stored(&wrapped)).await? {
-            rewrapped += 1;
-        }
-    }
-    let data_key = envelope.create_key("data", DEFAULT_TENANT, now_unix())?;
-    let new_data_key = data_key.key_id.clone();
-    store.save_key(to_stored(&data_key)).await?;
+    let (store, mut envelope) =
+        open_secure_store(Backend::Sqlite, data_dir, keyring, false).await?;
+    let rotation =
+        fhirwall_service::rewrap_all(store.as_ref(), &mut envelope, &new_kek, SystemClock.now())
+            .await?;
     drop(lock);
     Ok(Rotation {
         new_kek,
-        rewrapped,
-        new_data_key,
+        rewrapped: rotation.rewrapped,
+        new_data_key: rotation.new_data_key,
     })
 }
 
-fn open_admin_store(data_dir: &Path) -> anyhow::Result<SqliteStore> {
+fn open_admin_store(data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
     if !data_dir.exists() {
         bail!("no data directory at {}", data_dir.display());
     }
-    Ok(SqliteStore::open(&database_path(data_dir))?)
+    open_backend(Backend::Sqlite, data_dir)
 }
 
-/// `fhirwall client add`: registers a backend-services client; returns its id.
+/// `fhirwall client add`: registers a backend-services client; returns its id. It needs the
+/// keyring: the record is tagged so that an edit outside the server is refused.
 pub async fn client_add(
     data_dir: &Path,
-    name: &str,
-    jwks_file: Option<&Path>,
-    jwks_uri: Option<&str>,
-    scope: &str,
+    keyring: &Path,
+    registration: ClientRegistration,
 ) -> anyhow::Result<String> {
-    let scopes =
-        fhirwall_auth::ScopeSet::parse(scope).map_err(|e| anyhow::anyhow!("invalid scope: {e}"))?;
-    if scopes.resource_scopes().next().is_none() {
-        bail!("the scope grants no resource access; give scopes such as system/*.rs");
+    if !data_dir.exists() {
+        bail!("no data directory at {}", data_dir.display());
     }
-    if let Some(bad) = scopes
-        .resource_scopes()
-        .find(|s| s.context() != fhirwall_auth::ScopeContext::System)
-    {
-        bail!(
-            "backend-services clients take system/ scopes only, not {}",
-            bad.as_str()
-        );
-    }
-    let jwks = match (jwks_file, jwks_uri) {
-        (Some(path), None) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            fhirwall_auth::validate_jwks(&text)
-                .map_err(|e| anyhow::anyhow!("invalid JWKS: {e}"))?;
-            Some(text)
-        }
-        (None, Some(uri)) => {
-            if !uri.starts_with("https://") {
-                bail!("jwks_uri must be an https:// URL");
-            }
-            None
-        }
-        _ => bail!("give exactly one of --jwks FILE or --jwks-uri URL"),
-    };
-    if name.trim().is_empty() || name.len() > 200 {
-        bail!("the client name must be 1 to 200 characters");
-    }
-    let store = open_admin_store(data_dir)?;
-    let client_id = uuid::Uuid::new_v4().to_string();
-    store
-        .add_client(ClientRecord {
-            client_id: client_id.clone(),
-            name: name.to_string(),
-            jwks,
-            jwks_uri: jwks_uri.map(str::to_string),
-            scope: scopes.to_string(),
-            created_unix: now_unix(),
-        })
-        .await?;
-    Ok(client_id)
+    let (store, envelope) = open_secure_store(Backend::Sqlite, data_dir, keyring, false).await?;
+    Ok(
+        fhirwall_service::client_add(store.as_ref(), &envelope, SystemClock.now(), registration)
+            .await?,
+    )
+}
+
+/// Reads a JWKS file for `client add`.
+pub fn read_jwks_file(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
 pub async fn client_list(data_dir: &Path) -> anyhow::Result<Vec<ClientRecord>> {
-    Ok(open_admin_store(data_dir)?.list_clients().await?)
+    Ok(open_admin_store(data_dir)?
+        .list_clients(&TenantId::default_tenant())
+        .await?)
 }
 
 pub async fn client_remove(data_dir: &Path, client_id: &str) -> anyhow::Result<bool> {
-    Ok(open_admin_store(data_dir)?.remove_client(client_id).await?)
+    Ok(open_admin_store(data_dir)?
+        .remove_client(&TenantId::default_tenant(), client_id)
+        .await?)
 }
 
-/// The result of `audit verify`.
-#[derive(Debug)]
-pub enum Verification {
-    Intact {
-        records: u64,
-    },
-    Broken {
-        seq: u64,
-        reason: String,
-    },
-    /// A stored resource version whose audit record is not in the trail: records were removed
-    /// (a write and its record always commit together).
-    Unaudited {
-        reference: String,
-    },
-}
-
-/// Walks the whole audit trail: every record in sequence, its keyed chain link, and that it
-/// decrypts under its own context into a well-formed record. Then checks that every stored
-/// resource version has its write's record in the trail, which also catches records cut from
-/// the end of the trail, where the chain alone cannot tell.
+/// `fhirwall audit verify`: see [`fhirwall_service::audit_verify`].
 pub async fn audit_verify(data_dir: &Path, keyring: &Path) -> anyhow::Result<Verification> {
-    let (store, envelope) = open_secure_store(data_dir, keyring, false).await?;
-    let key = envelope
-        .audit_chain_key(DEFAULT_TENANT)
-        .context("the audit chain key is missing")?;
-    let mut verifier = fhirwall_audit::ChainVerifier::new(key);
-    let mut audited_writes = std::collections::HashSet::new();
-    let mut after = 0u64;
-    loop {
-        let page = store.audit_scan(after, 1000).await?;
-        if page.is_empty() {
-            break;
-        }
-        for record in &page {
-            if let Err(broken) =
-                verifier.check(record.seq, &record.record_id, &record.sealed, &record.link)
-            {
-                return Ok(Verification::Broken {
-                    seq: record.seq,
-                    reason: broken.to_string(),
-                });
-            }
-            let plain = envelope.open(
-                &fhirwall_crypto::AadContext::Audit {
-                    tenant: &record.tenant,
-                    record_id: &record.record_id,
-                },
-                &record.sealed,
-            );
-            let opened = plain
-                .ok()
-                .and_then(|p| serde_json::from_slice::<fhirwall_audit::AuditRecord>(&p).ok())
-                .filter(|r| r.record_id == record.record_id);
-            if let Some(opened) = &opened
-                && opened.kind == fhirwall_audit::EventKind::Rest
-                && opened.outcome == fhirwall_audit::Outcome::Success
-                && matches!(opened.action.as_str(), "C" | "U" | "D")
-            {
-                audited_writes.extend(opened.entities.iter().cloned());
-            }
-            if opened.is_none() {
-                return Ok(Verification::Broken {
-                    seq: record.seq,
-                    reason: format!(
-                        "record {}: it does not decrypt into a well-formed audit record",
-                        record.seq
-                    ),
-                });
-            }
-            after = record.seq;
-        }
-    }
-    let mut before = None;
-    loop {
-        let versions = store
-            .history(fhirwall_store::HistoryQuery {
-                tenant: DEFAULT_TENANT.to_string(),
-                resource_type: None,
-                id: None,
-                since_micros: None,
-                before_seq: before,
-                limit: 1000,
-            })
-            .await?;
-        let Some(last) = versions.last() else { break };
-        before = Some(last.seq);
-        for version in &versions {
-            let reference = format!(
-                "{}/{}/_history/{}",
-                version.resource_type, version.id, version.version
-            );
-            if !audited_writes.contains(&reference) {
-                return Ok(Verification::Unaudited { reference });
-            }
-        }
-    }
-    Ok(Verification::Intact {
-        records: verifier.records_checked(),
-    })
+    let (store, envelope) = open_secure_store(Backend::Sqlite, data_dir, keyring, false).await?;
+    Ok(fhirwall_service::audit_verify(store.as_ref(), &envelope).await?)
 }

@@ -65,6 +65,10 @@ enum ClientCommand {
         /// The scopes the client may be granted, e.g. "system/*.rs".
         #[arg(long)]
         scope: String,
+        /// The keyring (default: <data-dir>/keyring.json): client records are tagged with a
+        /// key from it, so an edit of one outside the server is refused.
+        #[arg(long, env = "FHIRWALL_KEYRING")]
+        keyring: Option<PathBuf>,
     },
     /// List registered clients.
     List {
@@ -138,13 +142,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 jwks,
                 jwks_uri,
                 scope,
+                keyring,
             } => {
+                let keyring = keyring.unwrap_or_else(|| data_dir.join("keyring.json"));
+                let jwks = jwks.as_deref().map(fhirwall::read_jwks_file).transpose()?;
                 let id = fhirwall::client_add(
                     &data_dir,
-                    &name,
-                    jwks.as_deref(),
-                    jwks_uri.as_deref(),
-                    &scope,
+                    &keyring,
+                    fhirwall::ClientRegistration {
+                        name,
+                        jwks,
+                        jwks_uri,
+                        scope,
+                    },
                 )
                 .await?;
                 println!("{id}");
@@ -203,6 +213,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!(
                         "audit trail BROKEN: {reference} is stored but its write has no audit record (records were removed)"
                     );
+                    Ok(ExitCode::from(2))
+                }
+                Verification::Tampered { what } => {
+                    println!("stored data TAMPERED: {what}");
                     Ok(ExitCode::from(2))
                 }
             }

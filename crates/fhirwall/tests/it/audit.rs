@@ -38,9 +38,28 @@ async fn accesses_become_audit_events_readable_only_with_scope() {
         .send()
         .await
         .unwrap();
-    // Without an AuditEvent scope the trail is closed.
+    // Without an AuditEvent scope the trail is closed, and `*` does not open it: the trail
+    // holds every client's activity, so it takes a scope that names it.
     assert_eq!(
         c.get("AuditEvent").send().await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let everything = server.client("system/*.cruds").await;
+    let refused = everything.get("AuditEvent").send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(
+        json(refused).await["issue"][0]["details"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("system/AuditEvent.rs")
+    );
+    assert_eq!(
+        everything
+            .get("AuditEvent/1")
+            .send()
+            .await
+            .unwrap()
+            .status(),
         StatusCode::FORBIDDEN
     );
 
@@ -167,7 +186,7 @@ async fn accesses_become_audit_events_readable_only_with_scope() {
     )
     .await;
     assert_eq!(one["resourceType"], "AuditEvent");
-    let writer = server.client("system/*.cruds").await;
+    let writer = server.client("system/AuditEvent.cruds").await;
     let r = writer.post("AuditEvent", &one).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(

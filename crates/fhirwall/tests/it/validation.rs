@@ -576,7 +576,7 @@ async fn profiles_from_a_package_and_through_the_api() {
 #[tokio::test]
 async fn what_the_server_writes_is_valid_fhir() {
     let server = Server::start().await;
-    let c = server.client("system/*.cruds").await;
+    let c = server.client("system/*.cruds system/AuditEvent.rs").await;
     let created = c.create(&patient("Self", "MRN-SELF")).await;
     let id = created["id"].as_str().unwrap();
     let mut answers = vec![

@@ -1,15 +1,12 @@
-//! The read-only AuditEvent API over the audit trail: read by id (the record's sequence
+//! The read-only AuditEvent API of a tenant over the audit trail: read by id (the record's sequence
 //! number) and search, newest first. Writing is refused: only the server writes the trail.
 
 use fhirwall_audit::AuditRecord;
 use fhirwall_model::IssueType;
-use http::StatusCode;
 use serde_json::json;
 
-use crate::audit_trail::{self, AuditDetail};
-use crate::error::ApiError;
-use crate::fhir::{AuditPath, Done, Failed, done, fhir_json};
-use crate::state::AppState;
+use crate::audit::{self, AuditDetail};
+use crate::{Call, Done, ErrorKind, Failed, Interaction, Reply, ServiceError};
 
 /// Records examined per search at most: searching decrypts records, so a search that matches
 /// rarely stops here and offers a next page from where it stopped.
@@ -46,7 +43,7 @@ impl Filter {
                 .chain(record.patients.iter())
                 .any(|r| r == e || r.starts_with(&format!("{e}/_history/"))),
             Filter::Agent(a) => record.client_id.as_deref() == Some(a.as_str()),
-            Filter::Action(a) => record.action == *a,
+            Filter::Action(a) => record.action.code() == a,
             Filter::Subtype(s) => record.subtype == *s,
             Filter::Outcome(o) => record.outcome.code() == o,
             Filter::Date(cmp, value) => {
@@ -74,7 +71,7 @@ fn reference(value: &str, default_type: &str) -> String {
     }
 }
 
-fn parse_date(value: &str) -> Result<Filter, ApiError> {
+fn parse_date(value: &str) -> Result<Filter, ServiceError> {
     let (cmp, rest) = match value.get(..2) {
         Some("ge") => (Comparator::Ge, value.get(2..).unwrap_or_default()),
         Some("le") => (Comparator::Le, value.get(2..).unwrap_or_default()),
@@ -88,7 +85,7 @@ fn parse_date(value: &str) -> Result<Filter, ApiError> {
             .bytes()
             .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'T' | b':' | b'.' | b'Z'));
     if !well_formed {
-        return Err(ApiError::bad_request(
+        return Err(ServiceError::invalid(
             "invalid-date",
             "date takes a UTC date or instant, optionally prefixed by ge, le, gt, lt or eq.",
         ));
@@ -96,36 +93,45 @@ fn parse_date(value: &str) -> Result<Filter, ApiError> {
     Ok(Filter::Date(cmp, rest.trim_end_matches('Z').to_string()))
 }
 
-pub(crate) async fn audit_event_api(
-    state: &AppState,
-    params: &[(String, String)],
-    path: &AuditPath,
-) -> Result<Done, Failed> {
-    if path.writes || path.history {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
+fn bundle_or_event(value: &serde_json::Value) -> Result<Reply, ServiceError> {
+    Ok(Reply::json(
+        200,
+        serde_json::to_vec(value).map_err(|_| ServiceError::internal())?,
+    ))
+}
+
+pub(crate) async fn audit_event_api(call: &Call<'_>) -> Result<Done, Failed> {
+    let service = call.service;
+    let tenant = call.tenant();
+    let params = &call.request.params;
+    let id = match &call.request.interaction {
+        Interaction::Read(_, id) => Some(id.as_str().to_string()),
+        Interaction::SearchType(_) => None,
+        _ => {
+            return Err(ServiceError::new(
+            ErrorKind::MethodNotAllowed,
             IssueType::NotSupported,
             "audit-read-only",
             "AuditEvent resources are written by the server only; they can be read and searched.",
         )
         .into());
-    }
-    let pretty = params.iter().any(|(k, v)| k == "_pretty" && v == "true");
-    if let Some(id) = &path.id {
+        }
+    };
+    if let Some(id) = &id {
         let seq: u64 = id
             .parse()
-            .map_err(|_| ApiError::not_found("No AuditEvent with this id."))?;
-        let stored = state
+            .map_err(|_| ServiceError::not_found("No AuditEvent with this id."))?;
+        let stored = service
             .inner
             .store
-            .audit_get(seq)
+            .audit_get(tenant, seq)
             .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::not_found("No AuditEvent with this id."))?;
-        let record = audit_trail::open(state, &stored)?;
+            .map_err(ServiceError::from)?
+            .ok_or_else(|| ServiceError::not_found("No AuditEvent with this id."))?;
+        let record = audit::open(service, &stored)?;
         let event = record.to_audit_event(&seq.to_string());
-        return Ok(done(
-            fhir_json(StatusCode::OK, &event, pretty),
+        return Ok(Done::audited(
+            bundle_or_event(&event)?,
             AuditDetail {
                 entities: vec![format!("AuditEvent/{seq}")],
                 ..AuditDetail::default()
@@ -141,7 +147,7 @@ pub(crate) async fn audit_event_api(
                 count = value
                     .parse::<usize>()
                     .map_err(|_| {
-                        ApiError::bad_request(
+                        ServiceError::invalid(
                             "invalid-count",
                             "_count must be a non-negative integer.",
                         )
@@ -150,7 +156,7 @@ pub(crate) async fn audit_event_api(
             }
             "_cursor" => {
                 before = Some(value.parse::<u64>().map_err(|_| {
-                    ApiError::bad_request("invalid-cursor", "The paging cursor is not valid.")
+                    ServiceError::invalid("invalid-cursor", "The paging cursor is not valid.")
                 })?);
             }
             "_sort" if value == "-date" => {}
@@ -165,7 +171,7 @@ pub(crate) async fn audit_event_api(
             "outcome" => filters.push(Filter::Outcome(value.clone())),
             "date" => filters.push(parse_date(value)?),
             _ => {
-                return Err(ApiError::bad_request(
+                return Err(ServiceError::invalid(
                     "unknown-search-parameter",
                     "AuditEvent is searched by patient, entity, agent, action, subtype, outcome and date.",
                 )
@@ -178,12 +184,12 @@ pub(crate) async fn audit_event_api(
     let mut cursor = before;
     let mut next_cursor = None;
     'scan: loop {
-        let page = state
+        let page = service
             .inner
             .store
-            .audit_page(cursor, SCAN_PAGE)
+            .audit_page(tenant, cursor, SCAN_PAGE)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ServiceError::from)?;
         if page.is_empty() {
             break;
         }
@@ -194,7 +200,7 @@ pub(crate) async fn audit_event_api(
             }
             scanned += 1;
             cursor = Some(stored.seq);
-            let record = audit_trail::open(state, stored)?;
+            let record = audit::open(service, stored)?;
             if filters.iter().all(|f| f.matches(&record)) {
                 matched.push((stored.seq, record));
             }
@@ -211,7 +217,7 @@ pub(crate) async fn audit_event_api(
     if next_cursor.is_none() && matched.len() == count {
         next_cursor = cursor.filter(|c| *c > 1);
     }
-    let base = state.fhir_base();
+    let base = service.fhir_base();
     let own_query: String = {
         let mut serializer = form_urlencoded::Serializer::new(String::new());
         for (k, v) in params {
@@ -249,8 +255,8 @@ pub(crate) async fn audit_event_api(
         "link": links,
         "entry": entries,
     });
-    Ok(done(
-        fhir_json(StatusCode::OK, &bundle, pretty),
+    Ok(Done::audited(
+        bundle_or_event(&bundle)?,
         AuditDetail::default(),
     ))
 }

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::state::AppState;
+use crate::Service;
 
 fn has_identifier_param(type_name: &str) -> bool {
     fhirwall_model::generated::SEARCH_PARAMS
@@ -10,9 +10,9 @@ fn has_identifier_param(type_name: &str) -> bool {
         .any(|p| p.name == "identifier" && p.bases.contains(&type_name))
 }
 
-pub(crate) fn capability_statement(state: &AppState) -> Value {
-    let base = state.fhir_base();
-    let profiles = state.inner.validation.validator.profiles();
+pub(crate) fn capability_statement(service: &Service) -> Value {
+    let base = service.fhir_base();
+    let profiles = service.inner.profiles.validator.profiles();
     let mut resources = Vec::new();
     for info in fhirwall_model::generated::RESOURCE_TYPES {
         let mut search_params = vec![json!({
@@ -32,7 +32,7 @@ pub(crate) fn capability_statement(state: &AppState) -> Value {
         if has_identifier_param(info.name) {
             search_params.push(json!({
                 "name": "identifier", "type": "token",
-                "documentation": "Exact match on system|value, |value, system| or value."
+                "documentation": "Exact match on system|value, |value or value."
             }));
         }
         resources.push(json!({
@@ -96,11 +96,26 @@ pub(crate) fn capability_statement(state: &AppState) -> Value {
                 // find the token endpoint in .well-known/smart-configuration.
                 "description": format!(
                     "SMART Backend Services (client_credentials with private_key_jwt, RS384 or ES384); token endpoint {}; see .well-known/smart-configuration.",
-                    state.token_url()
+                    service.token_url()
                 ),
             },
             "resource": resources,
             "interaction": [{"code": "history-system"}],
         }],
+    })
+}
+
+/// The SMART configuration document (`.well-known/smart-configuration`).
+pub(crate) fn smart_configuration(service: &Service) -> Value {
+    let base = service.base_url();
+    json!({
+        "token_endpoint": service.token_url(),
+        "jwks_uri": format!("{base}/auth/jwks"),
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        "scopes_supported": ["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write", "system/*.*", "system/AuditEvent.rs"],
+        "response_types_supported": ["token"],
+        "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
     })
 }

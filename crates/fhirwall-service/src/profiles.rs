@@ -1,4 +1,7 @@
-//! Validation at the REST layer: every write is checked before it is sealed, validator findings become OperationOutcome issues, and StructureDefinitions written through the API become profiles the validator holds; it must not validate anything itself.
+//! The profile registry and the validation of writes: every write is checked before it is
+//! sealed, validator findings become OperationOutcome issues, and StructureDefinitions written
+//! through the API (or loaded from a package at start-up) become profiles the validator holds.
+//! It must not validate anything itself: `fhirwall-validation` does.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -6,14 +9,16 @@ use std::sync::{Arc, RwLock};
 use fhirwall_definitions::{Definitions, Derivation, Kind, StructureDef};
 use fhirwall_model::{IssueSeverity, IssueType, OperationOutcome};
 use fhirwall_validation::{Issue, IssueCode, Severity, ValidateOptions, Validator};
-use http::StatusCode;
 use serde_json::Value;
 
-use crate::error::ApiError;
+use fhirwall_model::{ResourceType, Timestamp};
+use fhirwall_store::CurrentQuery;
+
+use crate::{ErrorKind, Service, ServiceError};
 
 /// The validator and the profiles that arrived through the API (or a package at start-up),
 /// kept as JSON with their snapshots so a later profile can build on them.
-pub struct Validation {
+pub(crate) struct Profiles {
     pub validator: Validator,
     /// Uploaded profiles: url -> StructureDefinition JSON with a snapshot.
     uploaded: RwLock<HashMap<String, Arc<Value>>>,
@@ -28,15 +33,9 @@ pub(crate) struct PreparedProfile {
     parsed: Arc<StructureDef>,
 }
 
-impl Default for Validation {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Validation {
+impl Profiles {
     pub fn new() -> Self {
-        Validation {
+        Profiles {
             validator: Validator::new(Definitions::core()),
             uploaded: RwLock::new(HashMap::new()),
             by_resource_id: RwLock::new(HashMap::new()),
@@ -46,7 +45,10 @@ impl Validation {
     /// Checks a StructureDefinition about to be written: a constraint (a profile) gets a
     /// snapshot built from its differential when it has none, and must parse. Other
     /// StructureDefinitions (new types, logical models) are stored but not used to validate.
-    pub(crate) fn prepare_profile(&self, sd: &Value) -> Result<Option<PreparedProfile>, ApiError> {
+    pub(crate) fn prepare_profile(
+        &self,
+        sd: &Value,
+    ) -> Result<Option<PreparedProfile>, ServiceError> {
         if sd.get("derivation").and_then(Value::as_str) != Some("constraint") {
             return Ok(None);
         }
@@ -98,7 +100,9 @@ impl Validation {
     }
 
     /// Makes a stored profile live. `resource_id` is its StructureDefinition's id.
-    pub(crate) fn register(&self, resource_id: &str, profile: PreparedProfile) {
+    /// Makes a profile live under `key`: its StructureDefinition's id, or `package:` and its url.
+    pub(crate) fn register(&self, key: &str, profile: PreparedProfile) {
+        let resource_id = key;
         if let Err(error) = self.validator.add_profile(Arc::clone(&profile.parsed)) {
             tracing::warn!(error = %error, "a stored profile could not be registered");
             return;
@@ -115,7 +119,8 @@ impl Validation {
     }
 
     /// A StructureDefinition was deleted, or replaced by something that is not a profile.
-    pub(crate) fn unregister(&self, resource_id: &str) {
+    pub(crate) fn unregister(&self, key: &str) {
+        let resource_id = key;
         let url = self
             .by_resource_id
             .write()
@@ -160,10 +165,15 @@ impl Validation {
         &self,
         resource: &Value,
         is_patch: bool,
-    ) -> Result<Vec<OperationOutcome>, ApiError> {
-        let outcome = self
-            .validator
-            .validate(resource, &ValidateOptions::default());
+        now: Timestamp,
+    ) -> Result<Vec<OperationOutcome>, ServiceError> {
+        let outcome = self.validator.validate(
+            resource,
+            &ValidateOptions {
+                now_millis: Some(now.millis()),
+                ..ValidateOptions::default()
+            },
+        );
         if outcome.is_valid() {
             return Ok(outcome
                 .issues
@@ -175,26 +185,26 @@ impl Validation {
         let structural = outcome
             .errors()
             .any(|issue| issue.code == IssueCode::Structure);
-        let status = if structural && !is_patch {
-            StatusCode::BAD_REQUEST
+        let kind = if structural && !is_patch {
+            ErrorKind::Invalid
         } else {
-            StatusCode::UNPROCESSABLE_ENTITY
+            ErrorKind::Unprocessable
         };
         let errors: Vec<OperationOutcome> = outcome.errors().map(issue_outcome).collect();
         match OperationOutcome::from_issues(errors) {
-            Some(outcome) => Err(ApiError {
-                status,
+            Some(outcome) => Err(ServiceError {
+                kind,
                 outcome,
-                www_authenticate: None,
+                bearer_error: None,
             }),
-            None => Err(ApiError::internal()),
+            None => Err(ServiceError::internal()),
         }
     }
 }
 
-fn profile_error(message: &str, expression: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
+fn profile_error(message: &str, expression: &str) -> ServiceError {
+    ServiceError::new(
+        ErrorKind::Unprocessable,
         IssueType::Invalid,
         "invalid-profile",
         message,
@@ -235,4 +245,72 @@ pub(crate) fn issue_outcome(issue: &Issue) -> OperationOutcome {
         outcome = outcome.with_expression(issue.expression.clone());
     }
     outcome
+}
+
+/// Makes profiles live before serving: those given (a package loaded at start-up) and every
+/// profile stored through the API. Returns how many were registered; a given profile that
+/// cannot be used is named in the error.
+pub(crate) async fn load(service: &Service, given: Vec<Value>) -> Result<usize, String> {
+    let profiles = &service.inner.profiles;
+    let mut count = 0;
+    for sd in given {
+        let url = sd
+            .get("url")
+            .and_then(Value::as_str)
+            .unwrap_or("(no url)")
+            .to_owned();
+        let prepared = profiles
+            .prepare_profile(&sd)
+            .map_err(|e| format!("profile {url}: {}", e.outcome.message))?;
+        if let Some(prepared) = prepared {
+            profiles.register(&format!("package:{url}"), prepared);
+            count += 1;
+        }
+    }
+    let resource_type = ResourceType::parse("StructureDefinition")
+        .map_err(|_| "StructureDefinition is not a resource type".to_string())?;
+    for tenant in service.inner.keys.keys() {
+        let stored = service
+            .inner
+            .store
+            .find_current(CurrentQuery {
+                tenant: tenant.clone(),
+                resource_type: resource_type.clone(),
+                id: None,
+                clauses: Vec::new(),
+                after_seq: None,
+                limit: 1_000_000,
+            })
+            .await
+            .map_err(|e| format!("cannot list stored StructureDefinitions: {e}"))?;
+        let keys = service
+            .tenant_keys(tenant)
+            .map_err(|_| "a tenant's keys are missing".to_string())?;
+        for row in stored {
+            if row.is_deleted() {
+                continue;
+            }
+            if !crate::integrity::version_is_genuine(&keys.integrity, &row) {
+                return Err(format!(
+                    "StructureDefinition/{} failed its integrity tag",
+                    row.key.id
+                ));
+            }
+            let plain = crate::reads::open_row(service, &row)
+                .map_err(|e| format!("cannot open StructureDefinition/{}: {e}", row.key.id))?;
+            let sd: Value = serde_json::from_slice(&plain)
+                .map_err(|_| format!("StructureDefinition/{} is not JSON", row.key.id))?;
+            // A stored profile that no longer builds is skipped, not fatal: it was valid
+            // when written, and the server must still start.
+            match profiles.prepare_profile(&sd) {
+                Ok(Some(prepared)) => {
+                    profiles.register(row.key.id.as_str(), prepared);
+                    count += 1;
+                }
+                Ok(None) => {}
+                Err(_) => tracing::warn!("a stored profile could not be loaded; skipped"),
+            }
+        }
+    }
+    Ok(count)
 }

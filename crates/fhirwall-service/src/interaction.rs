@@ -1,0 +1,229 @@
+//! What a caller asks for, as typed values: the FHIR interaction with its resource type and
+//! id, the query parameters, the preconditions and preferences, and the body already turned
+//! into FHIR JSON by the edge. And what the service answers: a [`Reply`].
+//! Protocol details (headers, media types, percent-encoding) stay at the edge.
+
+use fhirwall_audit::Action;
+use fhirwall_auth::Interaction as Permission;
+use fhirwall_model::{ResourceId, ResourceType, Timestamp};
+use serde_json::Value;
+
+/// A FHIR RESTful interaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interaction {
+    Read(ResourceType, ResourceId),
+    /// The version as given in the path; a version that is not a positive number is not found.
+    Vread(ResourceType, ResourceId, String),
+    Create(ResourceType),
+    Update(ResourceType, ResourceId),
+    Patch(ResourceType, ResourceId),
+    Delete(ResourceType, ResourceId),
+    SearchType(ResourceType),
+    ConditionalUpdate(ResourceType),
+    ConditionalDelete(ResourceType),
+    HistoryType(ResourceType),
+    HistoryInstance(ResourceType, ResourceId),
+    HistorySystem,
+    /// `$validate` at type level (None) or instance level.
+    Validate(ResourceType, Option<ResourceId>),
+}
+
+impl Interaction {
+    /// The restful-interaction code the audit record carries.
+    pub fn subtype(&self) -> &'static str {
+        match self {
+            Interaction::Read(..) => "read",
+            Interaction::Vread(..) => "vread",
+            Interaction::Create(..) => "create",
+            Interaction::Update(..) | Interaction::ConditionalUpdate(..) => "update",
+            Interaction::Patch(..) => "patch",
+            Interaction::Delete(..) | Interaction::ConditionalDelete(..) => "delete",
+            Interaction::SearchType(..) => "search-type",
+            Interaction::HistoryType(..) => "history-type",
+            Interaction::HistoryInstance(..) => "history-instance",
+            Interaction::HistorySystem => "history-system",
+            Interaction::Validate(..) => "validate",
+        }
+    }
+
+    pub fn action(&self) -> Action {
+        match self {
+            Interaction::Create(..) => Action::Create,
+            Interaction::Update(..)
+            | Interaction::Patch(..)
+            | Interaction::ConditionalUpdate(..) => Action::Update,
+            Interaction::Delete(..) | Interaction::ConditionalDelete(..) => Action::Delete,
+            Interaction::SearchType(..)
+            | Interaction::HistoryType(..)
+            | Interaction::HistorySystem
+            | Interaction::Validate(..) => Action::Execute,
+            Interaction::Read(..) | Interaction::Vread(..) | Interaction::HistoryInstance(..) => {
+                Action::Read
+            }
+        }
+    }
+
+    pub fn resource_type(&self) -> Option<&ResourceType> {
+        match self {
+            Interaction::Read(t, _)
+            | Interaction::Vread(t, _, _)
+            | Interaction::Create(t)
+            | Interaction::Update(t, _)
+            | Interaction::Patch(t, _)
+            | Interaction::Delete(t, _)
+            | Interaction::SearchType(t)
+            | Interaction::ConditionalUpdate(t)
+            | Interaction::ConditionalDelete(t)
+            | Interaction::HistoryType(t)
+            | Interaction::HistoryInstance(t, _)
+            | Interaction::Validate(t, _) => Some(t),
+            Interaction::HistorySystem => None,
+        }
+    }
+
+    /// The resource the path names, as the audit record's entity.
+    pub fn entity(&self) -> Option<String> {
+        match self {
+            Interaction::Read(t, id)
+            | Interaction::Validate(t, Some(id))
+            | Interaction::Update(t, id)
+            | Interaction::Patch(t, id)
+            | Interaction::Delete(t, id)
+            | Interaction::HistoryInstance(t, id) => Some(format!("{t}/{id}")),
+            Interaction::Vread(t, id, vid) => Some(format!("{t}/{id}/_history/{vid}")),
+            _ => None,
+        }
+    }
+
+    /// The SMART permissions the interaction needs before it looks at any data.
+    pub fn permissions(&self, conditional_create: bool) -> Vec<Permission> {
+        match self {
+            Interaction::Read(..) | Interaction::Vread(..) | Interaction::HistoryInstance(..) => {
+                vec![Permission::Read]
+            }
+            Interaction::Create(..) if conditional_create => {
+                vec![Permission::Create, Permission::Search]
+            }
+            Interaction::Create(..) => vec![Permission::Create],
+            Interaction::Update(..) => vec![Permission::Update],
+            // A patch is computed from the current content, and whether it applies (a `test`
+            // op, a path that must exist) tells what that content is: it needs read rights.
+            Interaction::Patch(..) => vec![Permission::Update, Permission::Read],
+            Interaction::Delete(..) => vec![Permission::Delete],
+            Interaction::SearchType(..)
+            | Interaction::HistoryType(..)
+            | Interaction::HistorySystem => vec![Permission::Search],
+            Interaction::ConditionalUpdate(..) => vec![Permission::Update, Permission::Search],
+            Interaction::ConditionalDelete(..) => vec![Permission::Delete, Permission::Search],
+            // Validating a proposed resource reads nothing stored; asking about an existing
+            // one (mode update or delete) tells whether it exists.
+            Interaction::Validate(_, None) => vec![Permission::Create],
+            Interaction::Validate(_, Some(_)) => vec![Permission::Read],
+        }
+    }
+}
+
+/// `Prefer: return=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReturnPreference {
+    Minimal,
+    #[default]
+    Representation,
+    OperationOutcome,
+}
+
+/// The preconditions a request carries (HTTP conditional headers, or a Bundle entry's).
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    /// `If-Match`, as given.
+    pub if_match: Option<String>,
+    /// `If-None-Match` on a read, as given.
+    pub if_none_match: Option<String>,
+    pub if_modified_since: Option<Timestamp>,
+    /// `If-None-Exist` on a create: a query string, with or without `Type?`.
+    pub if_none_exist: Option<String>,
+}
+
+/// One request to the service.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub interaction: Interaction,
+    /// The query parameters, decoded, in order.
+    pub params: Vec<(String, String)>,
+    pub conditions: Conditions,
+    pub return_preference: ReturnPreference,
+    /// `Prefer: handling=strict`: an unsupported search parameter is an error, not ignored.
+    pub strict_handling: bool,
+    /// The body as FHIR JSON (a resource, a JSON Patch document, or `$validate`'s input).
+    pub body: Option<Value>,
+}
+
+impl Request {
+    pub fn new(interaction: Interaction) -> Self {
+        Request {
+            interaction,
+            params: Vec::new(),
+            conditions: Conditions::default(),
+            return_preference: ReturnPreference::default(),
+            strict_handling: false,
+            body: None,
+        }
+    }
+
+    pub fn with_body(mut self, body: Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+
+    pub fn with_params(mut self, params: Vec<(String, String)>) -> Self {
+        self.params = params;
+        self
+    }
+
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Where the answer's resource lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The full URL of the version (`.../Patient/1/_history/2`).
+    pub url: String,
+    /// Whether the request created it (then it is also the `Location`).
+    pub created: bool,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    /// Compact FHIR JSON, or nothing.
+    pub body: Option<Vec<u8>>,
+    /// The version and time of the resource the answer is about (ETag, Last-Modified).
+    pub version: Option<(u64, Timestamp)>,
+    pub location: Option<Location>,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Reply {
+            status,
+            body: None,
+            version: None,
+            location: None,
+        }
+    }
+
+    pub fn json(status: u16, body: Vec<u8>) -> Self {
+        Reply {
+            status,
+            body: Some(body),
+            version: None,
+            location: None,
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! The write pipeline, written once for create, update, patch, delete and the conditional
+//! writes: [`write_loop`] reads the current version, checks `If-Match`, builds the new version,
+//! and retries when another writer got there first; [`commit`] validates, stamps, computes
+//! index terms and integrity tags, seals, builds the audit record and hands both to the store
+//! in one write. Nothing is stored, sealed or audited as written unless it is valid.
+
+use fhirwall_audit::{Action, EventKind};
+use fhirwall_crypto::AadContext;
+use fhirwall_model::{OperationOutcome, ResourceId, ResourceType, Timestamp};
+use fhirwall_store::{
+    Expect, Method, NoMatchGuard, ResourceKey, StoredVersion, WriteConflict, WriteRequest,
+};
+use serde_json::{Map, Value};
+
+use crate::audit::{self, AuditDetail};
+use crate::indexing::Indexer;
+use crate::{Call, Failed, ServiceError, integrity};
+
+/// Attempts before a write gives up with 409 write-contention.
+const WRITE_ATTEMPTS: usize = 8;
+const WRITE_LOCK_STRIPES: usize = 512;
+
+/// Writers of the same resource in this process queue on a stripe instead of racing each
+/// other into optimistic retries. Per process: the store's version check is what decides
+/// across processes.
+pub(crate) struct WriteQueues {
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    fallback: tokio::sync::Mutex<()>,
+}
+
+impl WriteQueues {
+    pub fn new() -> Self {
+        WriteQueues {
+            stripes: (0..WRITE_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            fallback: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    async fn lock(
+        &self,
+        resource_type: &ResourceType,
+        id: &ResourceId,
+    ) -> tokio::sync::MutexGuard<'_, ()> {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in resource_type
+            .as_str()
+            .bytes()
+            .chain([b'/'])
+            .chain(id.as_str().bytes())
+        {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let index = (hash % WRITE_LOCK_STRIPES as u64) as usize;
+        self.stripes
+            .get(index)
+            .unwrap_or(&self.fallback)
+            .lock()
+            .await
+    }
+}
+
+/// Everything needed to store one new version.
+pub(crate) struct NewVersion {
+    pub resource_type: ResourceType,
+    pub id: ResourceId,
+    pub version: u64,
+    pub method: Method,
+    pub expect: Expect,
+    pub guard: Option<NoMatchGuard>,
+    /// None for a delete.
+    pub body: Option<Map<String, Value>>,
+}
+
+impl NewVersion {
+    /// The next version after `current` (or the first), as `method` makes it.
+    pub fn after(
+        current: Option<&StoredVersion>,
+        resource_type: &ResourceType,
+        id: &ResourceId,
+        method: Method,
+        body: Option<Map<String, Value>>,
+    ) -> Self {
+        let (version, expect) = match current {
+            None => (1, Expect::Absent),
+            Some(row) => (row.version + 1, Expect::Current(row.version)),
+        };
+        NewVersion {
+            resource_type: resource_type.clone(),
+            id: id.clone(),
+            version,
+            method,
+            expect,
+            guard: None,
+            body,
+        }
+    }
+}
+
+/// A committed version.
+pub(crate) struct Written {
+    pub version: u64,
+    pub at: Timestamp,
+    /// The stored plaintext (None for a delete).
+    pub stored: Option<Vec<u8>>,
+    /// What validation warned about, for `Prefer: return=OperationOutcome`.
+    pub warnings: Vec<OperationOutcome>,
+}
+
+/// How a write loop ended without an error.
+pub(crate) enum Outcome {
+    Written {
+        written: Written,
+        previous: Option<StoredVersion>,
+    },
+    /// The builder decided nothing needs writing (deleting what is absent).
+    Unchanged,
+    /// A conditional guard matched these resources at commit time.
+    GuardMatched(Vec<ResourceId>),
+}
+
+/// The read-check-write loop: looks at the current version (or takes `known` for the first
+/// attempt), checks `expected` (If-Match), lets `build` make the new version from it, and
+/// commits only if nothing changed meanwhile.
+pub(crate) async fn write_loop(
+    call: &Call<'_>,
+    resource_type: &ResourceType,
+    id: &ResourceId,
+    expected: Option<u64>,
+    mut known: Option<Option<StoredVersion>>,
+    mut build: impl FnMut(Option<&StoredVersion>) -> Result<Option<NewVersion>, Failed>,
+) -> Result<Outcome, Failed> {
+    let changed_since_if_match = || {
+        ServiceError::precondition_failed("The resource has changed since the version in If-Match.")
+    };
+    let _queue = call.service.inner.writes.lock(resource_type, id).await;
+    for _ in 0..WRITE_ATTEMPTS {
+        let current = match known.take() {
+            Some(known) => known,
+            None => crate::reads::current_version(call, resource_type, id).await?,
+        };
+        if let Some(expected) = expected {
+            match &current {
+                Some(row) if row.version == expected && !row.is_deleted() => {}
+                _ => return Err(changed_since_if_match().into()),
+            }
+        }
+        let Some(new) = build(current.as_ref())? else {
+            return Ok(Outcome::Unchanged);
+        };
+        match commit(call, new).await? {
+            Ok(written) => {
+                return Ok(Outcome::Written {
+                    written,
+                    previous: current,
+                });
+            }
+            Err(WriteConflict::VersionMismatch { .. }) if expected.is_some() => {
+                return Err(changed_since_if_match().into());
+            }
+            Err(WriteConflict::VersionMismatch { .. }) => continue,
+            Err(WriteConflict::GuardMatched { ids }) => return Ok(Outcome::GuardMatched(ids)),
+        }
+    }
+    Err(ServiceError::write_contention().into())
+}
+
+/// The stored form of a version: resourceType, id and meta first, with the server's
+/// versionId and lastUpdated.
+fn stamp(
+    mut map: Map<String, Value>,
+    resource_type: &ResourceType,
+    id: &ResourceId,
+    version: u64,
+    at: Timestamp,
+) -> Value {
+    let mut meta = match map.remove("meta") {
+        Some(Value::Object(meta)) => meta,
+        _ => Map::new(),
+    };
+    meta.shift_remove("versionId");
+    meta.shift_remove("lastUpdated");
+    let mut new_meta = Map::new();
+    new_meta.insert("versionId".into(), Value::String(version.to_string()));
+    new_meta.insert("lastUpdated".into(), Value::String(at.to_fhir_instant()));
+    new_meta.extend(meta);
+    let mut out = Map::with_capacity(map.len() + 3);
+    out.insert(
+        "resourceType".into(),
+        Value::String(resource_type.as_str().into()),
+    );
+    out.insert("id".into(), Value::String(id.as_str().into()));
+    out.insert("meta".into(), Value::Object(new_meta));
+    for (k, v) in map {
+        if k != "resourceType" && k != "id" {
+            out.insert(k, v);
+        }
+    }
+    Value::Object(out)
+}
+
+/// Validates, stamps, seals and tags a version, builds its audit record, and hands both to the
+/// store in one write. The version's `lastUpdated` and its audit record carry the request's one
+/// clock reading.
+pub(crate) async fn commit(
+    call: &Call<'_>,
+    new: NewVersion,
+) -> Result<Result<Written, WriteConflict>, ServiceError> {
+    let service = call.service;
+    let now = call.now;
+    let keys = service.tenant_keys(call.tenant())?;
+    let profiles = &service.inner.profiles;
+    let is_structure_definition = new.resource_type.as_str() == "StructureDefinition";
+    let mut profile = None;
+    let mut warnings = Vec::new();
+    let (stored, terms, patients) = match new.body {
+        Some(map) => {
+            let unstamped = Value::Object(map);
+            warnings = profiles.check_write(&unstamped, new.method == Method::Patch, now)?;
+            if is_structure_definition {
+                profile = profiles.prepare_profile(&unstamped)?;
+            }
+            let Value::Object(map) = unstamped else {
+                return Err(ServiceError::internal());
+            };
+            let value = stamp(map, &new.resource_type, &new.id, new.version, now);
+            let indexer = Indexer {
+                blind: &keys.blind,
+                tenant: call.tenant(),
+            };
+            let terms = indexer.resource_terms(&new.resource_type, &value);
+            let patients =
+                fhirwall_model::patient_references(&new.resource_type, new.id.as_str(), &value);
+            let bytes = serde_json::to_vec(&value).map_err(|_| ServiceError::internal())?;
+            (Some(bytes), terms, patients)
+        }
+        None => (None, Vec::new(), Vec::new()),
+    };
+    let key = call.key(&new.resource_type, &new.id);
+    let sealed = match &stored {
+        Some(bytes) => Some(service.inner.envelope.seal(
+            &AadContext::Resource {
+                tenant: key.tenant.as_str(),
+                resource_type: key.resource_type.as_str(),
+                id: key.id.as_str(),
+                version: new.version,
+            },
+            bytes,
+        )?),
+        None => None,
+    };
+    let mut version = StoredVersion {
+        key,
+        version: new.version,
+        last_updated_micros: now.micros(),
+        method: new.method,
+        sealed_body: sealed,
+        seq: 0,
+        tag: None,
+    };
+    version.tag = Some(integrity::version_tag(&keys.integrity, &version));
+    let pointer_tag = integrity::pointer_tag(&keys.integrity, &version.key, new.version);
+    let status = if new.method == Method::Create || new.expect == Expect::Absent {
+        201
+    } else if new.method == Method::Delete {
+        204
+    } else {
+        200
+    };
+    let mut detail = AuditDetail::of_request(call.request);
+    detail.subtype = new.method.as_str();
+    detail.action = Some(match new.method {
+        Method::Create => Action::Create,
+        Method::Update | Method::Patch => Action::Update,
+        Method::Delete => Action::Delete,
+    });
+    detail.entities = vec![versioned_reference(&version.key, new.version)];
+    detail.patients = patients;
+    let record = audit::record(
+        service,
+        &call.caller.requester,
+        Some(call.caller),
+        EventKind::Rest,
+        detail,
+        status,
+        now,
+    );
+    let audit = audit::seal(service, &record, now)?;
+    let outcome = service
+        .inner
+        .store
+        .write(WriteRequest {
+            version,
+            pointer_tag,
+            expect: new.expect,
+            guard: new.guard,
+            index_terms: terms,
+            audit,
+        })
+        .await?;
+    if outcome.is_ok() && is_structure_definition {
+        match profile {
+            Some(profile) => profiles.register(new.id.as_str(), profile),
+            None => profiles.unregister(new.id.as_str()),
+        }
+    }
+    Ok(outcome.map(|_| Written {
+        version: new.version,
+        at: now,
+        stored,
+        warnings,
+    }))
+}
+
+/// `Type/id/_history/n`, as audit entities name a version.
+pub(crate) fn versioned_reference(key: &ResourceKey, version: u64) -> String {
+    format!("{}/{}/_history/{version}", key.resource_type, key.id)
+}

@@ -1,0 +1,559 @@
+//! Writes: create (with `If-None-Exist`), update (update-as-create), JSON Patch, delete, and
+//! conditional update and delete. Each builds its new version and goes through the one write
+//! pipeline (`pipeline::write_loop`); the answer is shaped by `Prefer: return=`.
+
+use fhirwall_auth::Interaction as Permission;
+use fhirwall_model::{IssueType, OperationOutcome, ResourceId, ResourceType, Timestamp};
+use fhirwall_store::{Method, NoMatchGuard, StoredVersion};
+use serde_json::{Map, Value};
+
+use crate::audit::AuditDetail;
+use crate::bundles::find;
+use crate::indexing::{CriteriaMode, Indexer};
+use crate::pipeline::{NewVersion, Outcome, Written, versioned_reference, write_loop};
+use crate::reads::{gone, if_match, no_such, open_version, parse_stored, render};
+use crate::{Call, Done, ErrorKind, Failed, Location, Reply, ReturnPreference, ServiceError};
+
+/// The body of a create or update: a JSON object holding one resource of the path's type.
+fn resource_body(
+    call: &Call<'_>,
+    resource_type: &ResourceType,
+) -> Result<Map<String, Value>, ServiceError> {
+    match &call.request.body {
+        None => Err(ServiceError::invalid(
+            "empty-body",
+            "The request has no body.",
+        )),
+        Some(Value::Object(map)) => {
+            check_resource_shape(map, resource_type)?;
+            Ok(map.clone())
+        }
+        Some(_) => Err(ServiceError::new(
+            ErrorKind::Invalid,
+            IssueType::Structure,
+            "not-a-resource",
+            "The body must be a JSON object holding one FHIR resource.",
+        )),
+    }
+}
+
+/// The right resourceType, a well-formed id if any, a meta that is an object if present.
+pub(crate) fn check_resource_shape(
+    map: &Map<String, Value>,
+    resource_type: &ResourceType,
+) -> Result<(), ServiceError> {
+    match map.get("resourceType") {
+        Some(Value::String(t)) if t == resource_type.as_str() => {}
+        Some(Value::String(_)) => {
+            return Err(ServiceError::invalid(
+                "resource-type-mismatch",
+                format!("The body's resourceType does not match the URL ({resource_type})."),
+            )
+            .with_expression("resourceType"));
+        }
+        _ => {
+            return Err(ServiceError::new(
+                ErrorKind::Invalid,
+                IssueType::Required,
+                "missing-resource-type",
+                "The body has no resourceType.",
+            )
+            .with_expression("resourceType"));
+        }
+    }
+    match map.get("id") {
+        None => {}
+        Some(Value::String(id)) if ResourceId::parse(id).is_ok() => {}
+        Some(_) => {
+            return Err(ServiceError::invalid(
+                "invalid-id",
+                "The body's id is not a valid FHIR id.",
+            )
+            .with_expression(format!("{resource_type}.id")));
+        }
+    }
+    match map.get("meta") {
+        None | Some(Value::Object(_)) => {}
+        Some(_) => {
+            return Err(ServiceError::new(
+                ErrorKind::Invalid,
+                IssueType::Structure,
+                "invalid-meta",
+                "meta must be an object.",
+            )
+            .with_expression(format!("{resource_type}.meta")));
+        }
+    }
+    if map.keys().any(|k| k.is_empty()) {
+        return Err(ServiceError::new(
+            ErrorKind::Invalid,
+            IssueType::Structure,
+            "empty-key",
+            "The body has an empty property name.",
+        ));
+    }
+    Ok(())
+}
+
+fn location(
+    call: &Call<'_>,
+    resource_type: &ResourceType,
+    id: &ResourceId,
+    version: u64,
+    created: bool,
+) -> Location {
+    Location {
+        url: format!(
+            "{}/{resource_type}/{id}/_history/{version}",
+            call.service.fhir_base()
+        ),
+        created,
+    }
+}
+
+fn outcome_body(call: &Call<'_>, outcome: &OperationOutcome) -> Result<Vec<u8>, ServiceError> {
+    serde_json::to_vec(&outcome.to_json(&call.caller.requester.request_id))
+        .map_err(|_| ServiceError::internal())
+}
+
+/// The answer to a successful write, shaped by `Prefer: return=`.
+fn write_reply(
+    call: &Call<'_>,
+    resource_type: &ResourceType,
+    id: &ResourceId,
+    written: &Written,
+    created: bool,
+) -> Result<Reply, ServiceError> {
+    let status = if created { 201 } else { 200 };
+    let mut reply = match call.request.return_preference {
+        ReturnPreference::Minimal => Reply::status(status),
+        ReturnPreference::OperationOutcome => {
+            let message = if created {
+                "The resource was created."
+            } else {
+                "The resource was updated."
+            };
+            let mut outcome =
+                OperationOutcome::information(if created { "created" } else { "updated" }, message);
+            outcome.more = written.warnings.clone();
+            Reply::json(status, outcome_body(call, &outcome)?)
+        }
+        ReturnPreference::Representation => {
+            Reply::json(status, written.stored.clone().unwrap_or_default())
+        }
+    };
+    reply.version = Some((written.version, written.at));
+    reply.location = Some(location(call, resource_type, id, written.version, created));
+    Ok(reply)
+}
+
+fn written_reply(
+    call: &Call<'_>,
+    resource_type: &ResourceType,
+    id: &ResourceId,
+    outcome: Outcome,
+) -> Result<Done, Failed> {
+    match outcome {
+        Outcome::Written { written, previous } => {
+            let created = previous.is_none();
+            Ok(Done::committed(write_reply(
+                call,
+                resource_type,
+                id,
+                &written,
+                created,
+            )?))
+        }
+        Outcome::Unchanged => Err(ServiceError::internal().into()),
+        Outcome::GuardMatched(_) => Err(ServiceError::precondition_failed(
+            "A resource matching the condition appeared meanwhile; retry.",
+        )
+        .into()),
+    }
+}
+
+pub(crate) async fn create(call: &Call<'_>, resource_type: &ResourceType) -> Result<Done, Failed> {
+    let map = resource_body(call, resource_type)?;
+    let mut guard = None;
+    if let Some(condition) = &call.request.conditions.if_none_exist {
+        let condition = condition
+            .split_once('?')
+            .map_or(condition.as_str(), |(_, q)| q);
+        let params: Vec<(String, String)> = form_urlencoded::parse(condition.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let criteria =
+            indexer(call)?.criteria(resource_type, &params, CriteriaMode::Conditional)?;
+        let matches = find(call, resource_type, &criteria, None, 2).await?;
+        match matches.as_slice() {
+            [] => {}
+            [existing] => {
+                // Nothing is written, but an invalid body is still the client's error to hear
+                // about, whether or not a match exists.
+                call.service.inner.profiles.check_write(
+                    &Value::Object(map.clone()),
+                    false,
+                    call.now,
+                )?;
+                return existing_match(call, resource_type, existing);
+            }
+            _ => {
+                return Err(ServiceError::precondition_failed(
+                    "More than one resource matches If-None-Exist.",
+                )
+                .into());
+            }
+        }
+        // A create always gets a new server id, so an `_id` criterion that matched nothing
+        // stays unmatched; identifier criteria are re-checked at commit time by the guard.
+        let terms = criteria.guard_terms();
+        if !terms.is_empty() {
+            guard = Some(NoMatchGuard { terms });
+        }
+    }
+    let id = ResourceId::parse(&uuid::Uuid::now_v7().to_string())
+        .map_err(|_| ServiceError::internal())?;
+    let outcome = write_loop(call, resource_type, &id, None, Some(None), |current| {
+        if current.is_some() {
+            // A fresh UUIDv7 is never taken; if it were, this is our defect.
+            return Err(ServiceError::internal().into());
+        }
+        let mut new =
+            NewVersion::after(None, resource_type, &id, Method::Create, Some(map.clone()));
+        new.guard = guard.clone();
+        Ok(Some(new))
+    })
+    .await?;
+    match outcome {
+        Outcome::GuardMatched(ids) => {
+            // Another request created a match between our search and our commit.
+            if let [only] = ids.as_slice()
+                && let Some(existing) =
+                    crate::reads::current_version(call, resource_type, only).await?
+            {
+                return existing_match(call, resource_type, &existing);
+            }
+            Err(
+                ServiceError::precondition_failed("More than one resource matches If-None-Exist.")
+                    .into(),
+            )
+        }
+        other => written_reply(call, resource_type, &id, other),
+    }
+}
+
+fn indexer<'a>(call: &'a Call<'_>) -> Result<Indexer<'a>, ServiceError> {
+    Ok(Indexer {
+        blind: &call.service.tenant_keys(call.tenant())?.blind,
+        tenant: call.tenant(),
+    })
+}
+
+/// Conditional create found its match: 200 with the existing resource, nothing written.
+fn existing_match(
+    call: &Call<'_>,
+    resource_type: &ResourceType,
+    existing: &StoredVersion,
+) -> Result<Done, Failed> {
+    let plain = open_version(call, existing)?;
+    let parsed = parse_stored(&plain)?;
+    let patients =
+        fhirwall_model::patient_references(resource_type, existing.key.id.as_str(), &parsed);
+    let mut reply = match call.request.return_preference {
+        ReturnPreference::Minimal => Reply::status(200),
+        ReturnPreference::OperationOutcome => Reply::json(
+            200,
+            outcome_body(
+                call,
+                &OperationOutcome::information(
+                    "exists",
+                    "A matching resource exists; nothing was created.",
+                ),
+            )?,
+        ),
+        ReturnPreference::Representation => {
+            Reply::json(200, render(call, resource_type, plain, Some(parsed))?)
+        }
+    };
+    reply.version = Some((
+        existing.version,
+        Timestamp::from_micros(existing.last_updated_micros),
+    ));
+    reply.location = Some(location(
+        call,
+        resource_type,
+        &existing.key.id,
+        existing.version,
+        true,
+    ));
+    Ok(Done::audited(
+        reply,
+        AuditDetail {
+            entities: vec![versioned_reference(&existing.key, existing.version)],
+            patients,
+            ..AuditDetail::default()
+        },
+    ))
+}
+
+/// Whether the caller may create `resource_type` where `current` shows nothing live: a PUT
+/// to an id that never existed, or to one that was deleted, creates a resource.
+fn check_create_right(
+    call: &Call<'_>,
+    resource_type: &ResourceType,
+    current: Option<&StoredVersion>,
+) -> Result<(), Failed> {
+    let creating = current.is_none_or(StoredVersion::is_deleted);
+    if creating && !call.caller.may(resource_type.as_str(), Permission::Create) {
+        return Err(ServiceError::forbidden(format!(
+            "The access token's scopes do not allow create on {resource_type} (this update would create the resource)."
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+pub(crate) async fn update(
+    call: &Call<'_>,
+    resource_type: &ResourceType,
+    id: &ResourceId,
+) -> Result<Done, Failed> {
+    let map = resource_body(call, resource_type)?;
+    match map.get("id").and_then(Value::as_str) {
+        Some(body_id) if body_id == id.as_str() => {}
+        Some(_) => {
+            return Err(ServiceError::invalid(
+                "id-mismatch",
+                "The body's id does not match the id in the URL.",
+            )
+            .with_expression(format!("{resource_type}.id"))
+            .into());
+        }
+        None => {
+            return Err(ServiceError::new(
+                ErrorKind::Invalid,
+                IssueType::Required,
+                "missing-id",
+                "An update must carry the resource id in the body.",
+            )
+            .with_expression(format!("{resource_type}.id"))
+            .into());
+        }
+    }
+    let expected = if_match(call)?;
+    put_version(call, resource_type, id, expected, None, map).await
+}
+
+/// Update and the two ways of conditional update: the body as the next version.
+async fn put_version(
+    call: &Call<'_>,
+    resource_type: &ResourceType,
+    id: &ResourceId,
+    expected: Option<u64>,
+    guard: Option<NoMatchGuard>,
+    map: Map<String, Value>,
+) -> Result<Done, Failed> {
+    let outcome = write_loop(call, resource_type, id, expected, None, |current| {
+        check_create_right(call, resource_type, current)?;
+        let mut new = NewVersion::after(
+            current,
+            resource_type,
+            id,
+            Method::Update,
+            Some(map.clone()),
+        );
+        new.guard = guard.clone();
+        Ok(Some(new))
+    })
+    .await?;
+    written_reply(call, resource_type, id, outcome)
+}
+
+pub(crate) async fn patch(
+    call: &Call<'_>,
+    resource_type: &ResourceType,
+    id: &ResourceId,
+) -> Result<Done, Failed> {
+    let patch_doc = match &call.request.body {
+        Some(doc @ Value::Array(_)) => doc.clone(),
+        _ => {
+            return Err(ServiceError::invalid(
+                "invalid-patch",
+                "A JSON Patch document is an array of operations.",
+            )
+            .into());
+        }
+    };
+    let expected = if_match(call)?;
+    let outcome = write_loop(call, resource_type, id, expected, None, |current| {
+        let current = match current {
+            None => return Err(no_such(resource_type).into()),
+            Some(row) if row.is_deleted() => return Err(gone(resource_type).into()),
+            Some(row) => row,
+        };
+        let value = parse_stored(&open_version(call, current)?)?;
+        let patched = fhirwall_model::apply_json_patch(&value, &patch_doc).map_err(|e| {
+            let kind = if matches!(e, fhirwall_model::PatchError::TestFailed { .. }) {
+                ErrorKind::Unprocessable
+            } else {
+                ErrorKind::Invalid
+            };
+            ServiceError::new(kind, IssueType::Processing, "patch-failed", e.to_string())
+        })?;
+        let Value::Object(map) = patched else {
+            return Err(ServiceError::new(
+                ErrorKind::Unprocessable,
+                IssueType::Processing,
+                "patch-failed",
+                "The patch did not leave a resource.",
+            )
+            .into());
+        };
+        check_resource_shape(&map, resource_type)
+            .map_err(|e| e.with_kind(ErrorKind::Unprocessable))?;
+        if map.get("id").and_then(Value::as_str) != Some(id.as_str()) {
+            return Err(ServiceError::new(
+                ErrorKind::Unprocessable,
+                IssueType::Processing,
+                "patch-changed-id",
+                "A patch may not change or remove the resource id.",
+            )
+            .into());
+        }
+        Ok(Some(NewVersion::after(
+            Some(current),
+            resource_type,
+            id,
+            Method::Patch,
+            Some(map),
+        )))
+    })
+    .await?;
+    written_reply(call, resource_type, id, outcome)
+}
+
+pub(crate) async fn delete(
+    call: &Call<'_>,
+    resource_type: &ResourceType,
+    id: &ResourceId,
+    known: Option<StoredVersion>,
+) -> Result<Done, Failed> {
+    let expected = if_match(call)?;
+    let outcome = write_loop(
+        call,
+        resource_type,
+        id,
+        expected,
+        known.map(Some),
+        |current| {
+            // Deleting what is absent or already deleted succeeds and changes nothing.
+            Ok(current
+                .filter(|row| !row.is_deleted())
+                .map(|row| NewVersion::after(Some(row), resource_type, id, Method::Delete, None)))
+        },
+    )
+    .await?;
+    match outcome {
+        Outcome::Written { written, .. } => {
+            let mut reply = match call.request.return_preference {
+                ReturnPreference::OperationOutcome => Reply::json(
+                    200,
+                    outcome_body(
+                        call,
+                        &OperationOutcome::information("deleted", "The resource was deleted."),
+                    )?,
+                ),
+                _ => Reply::status(204),
+            };
+            reply.version = Some((written.version, written.at));
+            Ok(Done::committed(reply))
+        }
+        Outcome::Unchanged | Outcome::GuardMatched(_) => {
+            Ok(Done::audited(Reply::status(204), AuditDetail::default()))
+        }
+    }
+}
+
+/// A conditional interaction's criteria are its parameters, minus the answer's format.
+fn conditional_params(call: &Call<'_>) -> Vec<(String, String)> {
+    call.request
+        .params
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty"))
+        .cloned()
+        .collect()
+}
+
+pub(crate) async fn conditional_update(
+    call: &Call<'_>,
+    resource_type: &ResourceType,
+) -> Result<Done, Failed> {
+    let criteria = indexer(call)?.criteria(
+        resource_type,
+        &conditional_params(call),
+        CriteriaMode::Conditional,
+    )?;
+    let mut map = resource_body(call, resource_type)?;
+    let body_id = map.get("id").and_then(Value::as_str).map(str::to_string);
+    let matches = find(call, resource_type, &criteria, None, 2).await?;
+    let expected = if_match(call)?;
+    match matches.as_slice() {
+        [] => {
+            let id = match (&criteria.id, &body_id) {
+                (Some(cid), Some(bid)) if cid.as_str() != bid => {
+                    return Err(ServiceError::invalid(
+                        "id-mismatch",
+                        "The body's id does not match the _id criterion.",
+                    )
+                    .into());
+                }
+                (Some(cid), _) => cid.clone(),
+                (None, Some(bid)) => {
+                    ResourceId::parse(bid).map_err(|_| ServiceError::internal())?
+                }
+                (None, None) => ResourceId::parse(&uuid::Uuid::now_v7().to_string())
+                    .map_err(|_| ServiceError::internal())?,
+            };
+            let terms = criteria.guard_terms();
+            let guard = (!terms.is_empty()).then_some(NoMatchGuard { terms });
+            map.insert("id".into(), Value::String(id.as_str().to_string()));
+            put_version(call, resource_type, &id, expected, guard, map).await
+        }
+        [one] => {
+            if body_id.as_deref().is_some_and(|b| b != one.key.id.as_str()) {
+                return Err(ServiceError::invalid(
+                    "id-mismatch",
+                    "The body's id does not match the resource the condition found.",
+                )
+                .into());
+            }
+            map.insert("id".into(), Value::String(one.key.id.as_str().to_string()));
+            let expected = expected.or(Some(one.version));
+            put_version(call, resource_type, &one.key.id, expected, None, map).await
+        }
+        _ => Err(ServiceError::precondition_failed(
+            "More than one resource matches the condition.",
+        )
+        .into()),
+    }
+}
+
+pub(crate) async fn conditional_delete(
+    call: &Call<'_>,
+    resource_type: &ResourceType,
+) -> Result<Done, Failed> {
+    let criteria = indexer(call)?.criteria(
+        resource_type,
+        &conditional_params(call),
+        CriteriaMode::Conditional,
+    )?;
+    let matches = find(call, resource_type, &criteria, None, 2).await?;
+    match matches.as_slice() {
+        [] => Ok(Done::audited(Reply::status(204), AuditDetail::default())),
+        [one] => delete(call, resource_type, &one.key.id.clone(), Some(one.clone())).await,
+        _ => Err(ServiceError::precondition_failed(
+            "More than one resource matches the condition.",
+        )
+        .into()),
+    }
+}

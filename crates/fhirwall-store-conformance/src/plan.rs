@@ -1,0 +1,174 @@
+//! `find_current`: the AND-of-OR plan over current, non-deleted resources of one type, with
+//! the id, `after_seq` and `limit` restrictions, in commit order.
+
+use fhirwall_store::{CurrentQuery, ResourceId, Store};
+
+use crate::{Story, delete, key, pointer_tag, put, rid, tenant, term, version_tag};
+
+fn plan(clauses: &[&[u8]]) -> CurrentQuery {
+    CurrentQuery {
+        tenant: tenant("plan"),
+        resource_type: fhirwall_store::ResourceType::parse("Patient").expect("a FHIR type"),
+        id: None,
+        clauses: clauses
+            .iter()
+            .map(|clause| clause.iter().copied().map(term).collect())
+            .collect(),
+        after_seq: None,
+        limit: 100,
+    }
+}
+
+async fn ids(store: &dyn Store, query: CurrentQuery) -> Vec<String> {
+    store
+        .find_current(query)
+        .await
+        .expect("find")
+        .iter()
+        .map(|v| v.key.id.to_string())
+        .collect()
+}
+
+pub(crate) async fn find_current(store: &dyn Store, story: &mut Story) {
+    // Terms: 1 = X, 2 = Y, 3 = Z.
+    let p = |id: &str| key("plan", "Patient", id);
+    put(store, story, &p("p1"), 1, 1_000, vec![term(1), term(2)]).await;
+    let p2_seq = put(store, story, &p("p2"), 1, 1_001, vec![term(1)]).await;
+    put(store, story, &p("p3"), 1, 1_002, vec![term(2), term(3)]).await;
+    put(store, story, &p("p4"), 1, 1_003, vec![term(3)]).await;
+    put(store, story, &p("p5"), 1, 1_004, vec![term(1)]).await;
+    delete(store, story, &p("p5"), 2, 1_005).await;
+    put(
+        store,
+        story,
+        &key("plan-elsewhere", "Patient", "q1"),
+        1,
+        1_006,
+        vec![term(1)],
+    )
+    .await;
+    put(
+        store,
+        story,
+        &key("plan", "Observation", "o1"),
+        1,
+        1_007,
+        vec![term(1)],
+    )
+    .await;
+
+    assert_eq!(
+        ids(store, plan(&[])).await,
+        ["p1", "p2", "p3", "p4"],
+        "no clause: every current, non-deleted resource of the type, in commit order"
+    );
+    assert_eq!(ids(store, plan(&[&[1]])).await, ["p1", "p2"], "one term");
+    assert_eq!(
+        ids(store, plan(&[&[1, 3]])).await,
+        ["p1", "p2", "p3", "p4"],
+        "a clause holds when any one of its terms is carried; each match comes once"
+    );
+    assert_eq!(ids(store, plan(&[&[1, 2]])).await, ["p1", "p2", "p3"]);
+    assert_eq!(
+        ids(store, plan(&[&[1], &[2]])).await,
+        ["p1"],
+        "every clause must hold"
+    );
+    assert_eq!(ids(store, plan(&[&[1, 3], &[2]])).await, ["p1", "p3"]);
+    assert_eq!(ids(store, plan(&[&[1, 3], &[2], &[3]])).await, ["p3"]);
+    assert!(
+        ids(store, plan(&[&[9]])).await.is_empty(),
+        "an unknown term matches nothing"
+    );
+    assert!(
+        ids(store, plan(&[&[]])).await.is_empty(),
+        "a clause with zero terms matches nothing"
+    );
+    assert!(
+        ids(store, plan(&[&[1, 2, 3], &[]])).await.is_empty(),
+        "a zero-term clause beside others matches nothing"
+    );
+
+    // The id restriction, alone and with terms.
+    let with_id = |id: &str, clauses: &[&[u8]]| CurrentQuery {
+        id: Some(ResourceId::parse(id).expect("a valid id")),
+        ..plan(clauses)
+    };
+    assert_eq!(ids(store, with_id("p3", &[])).await, ["p3"]);
+    assert_eq!(ids(store, with_id("p2", &[&[1]])).await, ["p2"]);
+    assert!(
+        ids(store, with_id("p3", &[&[1]])).await.is_empty(),
+        "id and terms both hold"
+    );
+    assert!(
+        ids(store, with_id("p5", &[])).await.is_empty(),
+        "deleted ones never match"
+    );
+    assert!(
+        ids(store, with_id("o1", &[])).await.is_empty(),
+        "the type holds"
+    );
+
+    // Paging: after_seq and limit.
+    let page = CurrentQuery {
+        limit: 2,
+        ..plan(&[&[1, 3]])
+    };
+    let first = store.find_current(page.clone()).await.expect("find");
+    assert_eq!(
+        crate::names(&first),
+        ["Patient/p1@1", "Patient/p2@1"],
+        "limit"
+    );
+    let after = first.last().map(|v| v.seq);
+    assert_eq!(after, Some(p2_seq));
+    let second = CurrentQuery {
+        after_seq: after,
+        ..page.clone()
+    };
+    assert_eq!(ids(store, second.clone()).await, ["p3", "p4"], "after_seq");
+    let third = CurrentQuery {
+        after_seq: store
+            .find_current(second)
+            .await
+            .expect("find")
+            .last()
+            .map(|v| v.seq),
+        ..page
+    };
+    assert!(ids(store, third).await.is_empty());
+
+    // Other types and tenants see only their own.
+    let observations = CurrentQuery {
+        resource_type: fhirwall_store::ResourceType::parse("Observation").expect("a FHIR type"),
+        ..plan(&[&[1]])
+    };
+    assert_eq!(ids(store, observations).await, ["o1"]);
+    let elsewhere = CurrentQuery {
+        tenant: tenant("plan-elsewhere"),
+        ..plan(&[&[1]])
+    };
+    assert_eq!(ids(store, elsewhere).await, ["q1"]);
+
+    // Results are whole versions with their tags; terms follow the current version, and
+    // commit order is the order of the current versions' commits.
+    let found = store.find_current(plan(&[&[2]])).await.expect("find");
+    let p1 = found.first().expect("p1 matches");
+    assert_eq!(p1.key, p("p1"));
+    assert_eq!(p1.tag, Some(version_tag(&p("p1"), 1)));
+    assert_eq!(p1.sealed_body, Some(crate::body(&p("p1"), 1)));
+    put(store, story, &p("p2"), 2, 2_000, vec![term(3)]).await;
+    assert_eq!(
+        ids(store, plan(&[&[1]])).await,
+        ["p1"],
+        "old terms are gone"
+    );
+    assert_eq!(ids(store, plan(&[&[1, 3]])).await, ["p1", "p3", "p4", "p2"]);
+    let p2 = store
+        .read_current(&p("p2"))
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(p2.pointer_tag, Some(pointer_tag(&p("p2"), 2)));
+    assert_eq!(rid("p2"), p2.version.key.id);
+}

@@ -1,0 +1,249 @@
+//! Renders a find plan (a `CurrentQuery`, or a no-match guard) to one SQL statement over
+//! `resource_current c`. Lookups are sub-selects, never joins: with a join SQLite's constant
+//! propagation marks the bound parameters as plan-relevant and re-prepares the statement on
+//! every use. It must not run anything; the caller prepares and executes.
+
+use std::fmt::Write as _;
+
+use fhirwall_store::{CurrentQuery, IndexTerm, NoMatchGuard, ResourceKey};
+use rusqlite::types::Value;
+
+use crate::rows::{VERSION_COLUMNS, bound, limit};
+
+/// What the statement returns.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Select {
+    /// Whole versions (`rows::VERSION_COLUMNS`), in commit order.
+    Versions,
+    /// Only the ids, in commit order (a guard needs nothing more).
+    Ids,
+}
+
+/// The statement and its parameters, or `None` when nothing can match (a clause with no
+/// terms, a zero limit), so no statement needs to run.
+pub(crate) fn render(query: &CurrentQuery, select: Select) -> Option<(String, Vec<Value>)> {
+    if query.limit == 0 || query.clauses.iter().any(Vec::is_empty) {
+        return None;
+    }
+    let column = match select {
+        Select::Versions => "c.seq",
+        Select::Ids => "c.id",
+    };
+    let mut sql = format!(
+        "SELECT {column} FROM resource_current c \
+         WHERE c.tenant = ?1 AND c.rtype = ?2 AND c.deleted = 0"
+    );
+    let mut args = vec![
+        Value::Text(query.tenant.as_str().to_string()),
+        Value::Text(query.resource_type.as_str().to_string()),
+    ];
+    if let Some(id) = &query.id {
+        args.push(Value::Text(id.as_str().to_string()));
+        let _ = write!(sql, " AND c.id = ?{}", args.len());
+    }
+    let mut clauses = query.clauses.iter();
+    if let Some(first) = clauses.next() {
+        // The first clause's posting lists (search_terms_by_term) drive the lookup: terms are
+        // blind-index identifiers, so these lists are short while the type may hold millions.
+        sql.push_str(
+            " AND c.id IN (SELECT t.id FROM search_terms t \
+             WHERE t.tenant = ?1 AND t.rtype = ?2 AND t.term IN (",
+        );
+        push_terms(&mut sql, &mut args, first);
+        sql.push_str("))");
+    }
+    for clause in clauses {
+        // Every further clause is a probe of the candidate's own terms (the primary key).
+        sql.push_str(
+            " AND EXISTS (SELECT 1 FROM search_terms t WHERE t.tenant = c.tenant \
+             AND t.rtype = c.rtype AND t.id = c.id AND t.term IN (",
+        );
+        push_terms(&mut sql, &mut args, clause);
+        sql.push_str("))");
+    }
+    if let Some(after) = query.after_seq {
+        args.push(Value::Integer(bound(after)));
+        let _ = write!(sql, " AND c.seq > ?{}", args.len());
+    }
+    // With terms, `+c.seq` keeps the planner from walking resource_current_by_seq in order
+    // (which would visit every resource of the type to find a rare term) and lets the
+    // posting list drive; without terms that walk in commit order is exactly right.
+    if query.clauses.is_empty() {
+        sql.push_str(" ORDER BY c.seq");
+    } else {
+        sql.push_str(" ORDER BY +c.seq");
+    }
+    args.push(Value::Integer(limit(query.limit)));
+    // `+?n`, not `?n`: SQLite's planner reads a bound LIMIT, so each new value would
+    // re-prepare the statement; behind the unary plus the value is opaque to it.
+    let _ = write!(sql, " LIMIT +?{}", args.len());
+    let sql = match select {
+        Select::Versions => format!(
+            "SELECT {VERSION_COLUMNS} FROM resource_versions v WHERE v.seq IN ({sql}) \
+             ORDER BY v.seq"
+        ),
+        Select::Ids => sql,
+    };
+    Some((sql, args))
+}
+
+fn push_terms(sql: &mut String, args: &mut Vec<Value>, terms: &[IndexTerm]) {
+    for (n, term) in terms.iter().enumerate() {
+        args.push(Value::Blob(term.0.to_vec()));
+        let comma = if n == 0 { "" } else { ", " };
+        let _ = write!(sql, "{comma}?{}", args.len());
+    }
+}
+
+/// A guard as a plan: a resource of the written type carrying every one of its terms. Two
+/// matches are enough to tell the caller whether one or several resources matched.
+pub(crate) fn guard_plan(key: &ResourceKey, guard: &NoMatchGuard) -> CurrentQuery {
+    CurrentQuery {
+        tenant: key.tenant.clone(),
+        resource_type: key.resource_type.clone(),
+        id: None,
+        clauses: guard.terms.iter().map(|term| vec![*term]).collect(),
+        after_seq: None,
+        limit: 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use fhirwall_store::{ResourceType, TenantId};
+    use rusqlite::Connection;
+
+    fn plan(clauses: Vec<Vec<IndexTerm>>) -> CurrentQuery {
+        CurrentQuery {
+            tenant: TenantId::default_tenant(),
+            resource_type: ResourceType::parse("Patient").unwrap(),
+            id: None,
+            clauses,
+            after_seq: None,
+            limit: 10,
+        }
+    }
+
+    fn query_plan(query: &CurrentQuery, select: Select) -> String {
+        let conn = Connection::open_in_memory().unwrap();
+        for migration in crate::schema::MIGRATIONS {
+            conn.execute_batch(migration).unwrap();
+        }
+        let (sql, args) = render(query, select).unwrap();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |row| {
+                row.get::<_, String>(3)
+            })
+            .unwrap();
+        rows.collect::<Result<Vec<_>, _>>().unwrap().join("\n")
+    }
+
+    #[test]
+    fn nothing_can_match_a_clause_without_terms() {
+        assert!(render(&plan(vec![vec![], vec![IndexTerm([1; 16])]]), Select::Ids).is_none());
+        assert!(render(&plan(vec![vec![IndexTerm([1; 16])]]), Select::Ids).is_some());
+    }
+
+    /// A rare term must not cost a walk over every resource of the type.
+    #[test]
+    fn terms_are_looked_up_through_their_posting_lists() {
+        let terms = plan(vec![
+            vec![IndexTerm([1; 16]), IndexTerm([2; 16])],
+            vec![IndexTerm([3; 16])],
+        ]);
+        for select in [Select::Versions, Select::Ids] {
+            let explained = query_plan(&terms, select);
+            assert!(
+                explained.contains("search_terms_by_term"),
+                "{select:?}: {explained}"
+            );
+            assert!(
+                !explained.contains("resource_current_by_seq"),
+                "{select:?}: {explained}"
+            );
+            assert!(!explained.contains("SCAN"), "{select:?}: {explained}");
+        }
+    }
+
+    /// Without terms, the commit-order index answers the first page without a sort.
+    #[test]
+    fn a_plan_without_terms_walks_commit_order() {
+        let explained = query_plan(&plan(vec![]), Select::Versions);
+        assert!(explained.contains("resource_current_by_seq"), "{explained}");
+        assert!(!explained.contains("TEMP B-TREE"), "{explained}");
+    }
+
+    /// How often SQLite re-prepared `sql` over uses with different parameters.
+    fn reprepares(sql: &str, uses: &[Vec<Value>]) -> i32 {
+        let conn = Connection::open_in_memory().unwrap();
+        for migration in crate::schema::MIGRATIONS {
+            conn.execute_batch(migration).unwrap();
+        }
+        let mut stmt = conn.prepare(sql).unwrap();
+        for args in uses {
+            let mut rows = stmt.query(rusqlite::params_from_iter(args)).unwrap();
+            while rows.next().unwrap().is_some() {}
+        }
+        stmt.get_status(rusqlite::StatementStatus::RePrepare)
+    }
+
+    /// The habit the sub-selects keep: a cached statement is not prepared again for each new
+    /// set of values (a LIMIT the planner can read would re-prepare it for every new limit).
+    #[test]
+    fn hot_statements_are_not_re_prepared_per_use() {
+        let key = |n: u8| {
+            vec![
+                Value::Text(format!("tenant-{n}")),
+                Value::Text(
+                    if n.is_multiple_of(2) {
+                        "Patient"
+                    } else {
+                        "Observation"
+                    }
+                    .into(),
+                ),
+                Value::Text(format!("id-{n}")),
+            ]
+        };
+        let uses: Vec<_> = (0..10).map(key).collect();
+        assert_eq!(reprepares(crate::resources::READ_CURRENT, &uses), 0);
+        let shape = |n: u8| {
+            let query = CurrentQuery {
+                tenant: TenantId::parse(&format!("tenant-{n}")).unwrap(),
+                after_seq: Some(u64::from(n)),
+                limit: usize::from(n) + 1,
+                ..plan(vec![
+                    vec![IndexTerm([n; 16]), IndexTerm([n + 1; 16])],
+                    vec![IndexTerm([n + 2; 16])],
+                ])
+            };
+            render(&query, Select::Versions).unwrap()
+        };
+        let (sql, _) = shape(0);
+        let uses: Vec<_> = (0..10).map(|n| shape(n).1).collect();
+        assert_eq!(reprepares(&sql, &uses), 0, "{sql}");
+        let (guard_sql, _) = render(&guard_plan_of(0), Select::Ids).unwrap();
+        let uses: Vec<_> = (0..10)
+            .map(|n| render(&guard_plan_of(n), Select::Ids).unwrap().1)
+            .collect();
+        assert_eq!(reprepares(&guard_sql, &uses), 0, "{guard_sql}");
+    }
+
+    fn guard_plan_of(n: u8) -> CurrentQuery {
+        let key = ResourceKey {
+            tenant: TenantId::parse(&format!("tenant-{n}")).unwrap(),
+            resource_type: ResourceType::parse("Patient").unwrap(),
+            id: fhirwall_store::ResourceId::parse("new").unwrap(),
+        };
+        guard_plan(
+            &key,
+            &NoMatchGuard {
+                terms: vec![IndexTerm([n; 16]), IndexTerm([n + 1; 16])],
+            },
+        )
+    }
+}
