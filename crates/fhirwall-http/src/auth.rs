@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::json;
 
-use crate::server::{Edge, RequestId};
+use crate::state::{Edge, RequestId};
 
 const MAX_FORM_BYTES: usize = 64 * 1024;
 

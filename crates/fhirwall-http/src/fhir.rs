@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::error::error_response;
 use crate::negotiate::{self, Format};
-use crate::server::{Edge, RequestId};
+use crate::state::{Edge, RequestId};
 
 /// More query parameters than this are refused before anything is parsed from them.
 const MAX_QUERY_PARAMS: usize = 256;
@@ -99,9 +99,6 @@ pub(crate) async fn entry(
             Err(error) => error_response(error, &request_id.0),
             Ok(_) => json_answer(StatusCode::OK, &edge.service.capability_statement(), pretty),
         },
-        (&http::Method::GET, [".well-known", "smart-configuration"]) => {
-            return crate::auth::smart_configuration(State(edge)).await;
-        }
         _ => {
             let call = EdgeCall {
                 edge: &edge,

@@ -9,6 +9,8 @@ mod fhir;
 mod formats;
 mod negotiate;
 mod server;
+mod state;
 pub mod tls;
 
-pub use server::{BoundServer, Edge, Limits, bind};
+pub use server::{BoundServer, bind};
+pub use state::{Edge, Limits};

@@ -19,39 +19,10 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use fhirwall_service::Service;
+use crate::state::{Edge, RequestId};
 
 /// Open connections served at once.
 const MAX_CONNECTIONS: usize = 16_384;
-
-/// Limits on what a request may carry.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub max_body_bytes: usize,
-    pub max_json_depth: usize,
-    /// How long a request body may take to arrive.
-    pub body_read_timeout: Duration,
-    /// The request line and headers together (HTTP/1.1), or the header list (HTTP/2): past it
-    /// a request gets 431 on either protocol.
-    pub max_header_bytes: usize,
-}
-
-/// What every handler shares: the application and the edge's limits. Cheap to clone.
-#[derive(Clone)]
-pub struct Edge {
-    pub(crate) service: Service,
-    pub(crate) limits: Limits,
-}
-
-impl Edge {
-    pub fn new(service: Service, limits: Limits) -> Self {
-        Edge { service, limits }
-    }
-}
-
-/// The correlation id of a request, generated here for every request.
-#[derive(Clone, Debug)]
-pub(crate) struct RequestId(pub String);
 
 /// A bound, not yet serving, HTTPS listener.
 pub struct BoundServer {
@@ -78,6 +49,10 @@ fn router(state: Edge) -> Router {
     Router::new()
         .route("/fhir", any(crate::fhir::entry_root))
         .route("/fhir/", any(crate::fhir::entry_root))
+        .route(
+            "/fhir/.well-known/smart-configuration",
+            get(crate::auth::smart_configuration),
+        )
         .route("/fhir/{*rest}", any(crate::fhir::entry))
         .route("/auth/token", post(crate::auth::token_endpoint))
         .route("/auth/jwks", get(crate::auth::jwks))

@@ -11,7 +11,6 @@ use fhirwall_model::{TenantId, Timestamp};
 use fhirwall_store::{AuthState, ClientRecord, HistoryQuery, ResourceKey, Store};
 
 use crate::integrity;
-use crate::pipeline::versioned_reference;
 
 /// A refusal or failure of an operator command; the text is for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -226,7 +225,7 @@ async fn verify_tenant(
         let Some(last) = versions.last() else { break };
         before = Some(last.seq);
         for version in &versions {
-            let reference = versioned_reference(&version.key, version.version);
+            let reference = version.key.versioned_reference(version.version);
             if !integrity::version_is_genuine(&key, version) {
                 return Ok(Some(Verification::Tampered {
                     what: format!("version {reference} is not what the server wrote"),

@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 
 use crate::audit::AuditDetail;
 use crate::indexing::{Criteria, CriteriaMode, Indexer};
-use crate::pipeline::versioned_reference;
 use crate::reads::{check_version, current_version, no_such, open_version, parse_stored, render};
 use crate::{Call, Done, Failed, Reply, ServiceError};
 
@@ -166,7 +165,7 @@ pub(crate) async fn search(call: &Call<'_>, resource_type: &ResourceType) -> Res
         ));
         detail
             .entities
-            .push(versioned_reference(&row.key, row.version));
+            .push(row.key.versioned_reference(row.version));
         let rendered = render(call, resource_type, plain, Some(parsed))?;
         let resource = parse_stored(&rendered)?;
         entries.push(json!({
@@ -279,7 +278,7 @@ pub(crate) async fn history(
         }
         detail
             .entities
-            .push(versioned_reference(&row.key, row.version));
+            .push(row.key.versioned_reference(row.version));
         entries.push(entry);
     }
     detail.patients.sort();

@@ -7,9 +7,7 @@
 use fhirwall_audit::{Action, EventKind};
 use fhirwall_crypto::AadContext;
 use fhirwall_model::{OperationOutcome, ResourceId, ResourceType, Timestamp};
-use fhirwall_store::{
-    Expect, Method, NoMatchGuard, ResourceKey, StoredVersion, WriteConflict, WriteRequest,
-};
+use fhirwall_store::{Expect, Method, NoMatchGuard, StoredVersion, WriteConflict, WriteRequest};
 use serde_json::{Map, Value};
 
 use crate::audit::{self, AuditDetail};
@@ -275,7 +273,7 @@ pub(crate) async fn commit(
         Method::Update | Method::Patch => Action::Update,
         Method::Delete => Action::Delete,
     });
-    detail.entities = vec![versioned_reference(&version.key, new.version)];
+    detail.entities = vec![version.key.versioned_reference(new.version)];
     detail.patients = patients;
     let record = audit::record(
         service,
@@ -311,9 +309,4 @@ pub(crate) async fn commit(
         stored,
         warnings,
     }))
-}
-
-/// `Type/id/_history/n`, as audit entities name a version.
-pub(crate) fn versioned_reference(key: &ResourceKey, version: u64) -> String {
-    format!("{}/{}/_history/{version}", key.resource_type, key.id)
 }

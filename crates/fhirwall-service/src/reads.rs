@@ -8,7 +8,6 @@ use fhirwall_store::StoredVersion;
 use serde_json::Value;
 
 use crate::audit::AuditDetail;
-use crate::pipeline::versioned_reference;
 use crate::{Call, Done, Failed, Reply, ServiceError, integrity};
 
 /// The current version of a resource (deleted ones included), after checking that the
@@ -200,7 +199,7 @@ fn respond_with_version(
         fhirwall_model::patient_references(resource_type, row.key.id.as_str(), &parsed)
     };
     let detail = AuditDetail {
-        entities: vec![versioned_reference(&row.key, row.version)],
+        entities: vec![row.key.versioned_reference(row.version)],
         patients,
         ..AuditDetail::default()
     };

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use crate::audit::AuditDetail;
 use crate::bundles::find;
 use crate::indexing::{CriteriaMode, Indexer};
-use crate::pipeline::{NewVersion, Outcome, Written, versioned_reference, write_loop};
+use crate::pipeline::{NewVersion, Outcome, Written, write_loop};
 use crate::reads::{gone, if_match, no_such, open_version, parse_stored, render};
 use crate::{Call, Done, ErrorKind, Failed, Location, Reply, ReturnPreference, ServiceError};
 
@@ -289,7 +289,7 @@ fn existing_match(
     Ok(Done::audited(
         reply,
         AuditDetail {
-            entities: vec![versioned_reference(&existing.key, existing.version)],
+            entities: vec![existing.key.versioned_reference(existing.version)],
             patients,
             ..AuditDetail::default()
         },

@@ -76,6 +76,11 @@ impl ResourceKey {
     pub fn reference(&self) -> String {
         format!("{}/{}", self.resource_type, self.id)
     }
+
+    /// `Type/id/_history/n`, as audit entities name a version.
+    pub fn versioned_reference(&self, version: u64) -> String {
+        format!("{}/{}/_history/{version}", self.resource_type, self.id)
+    }
 }
 
 /// One version of one resource as stored. `sealed_body` is ciphertext (absent for a delete).
