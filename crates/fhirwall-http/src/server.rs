@@ -46,6 +46,7 @@ pub async fn bind(
 }
 
 fn router(state: Edge) -> Router {
+    let max_head = state.limits.max_header_bytes;
     Router::new()
         .route("/fhir", any(crate::fhir::entry_root))
         .route("/fhir/", any(crate::fhir::entry_root))
@@ -61,8 +62,46 @@ fn router(state: Edge) -> Router {
             get(crate::auth::smart_configuration),
         )
         .fallback(crate::fhir::not_found)
+        .layer(axum::middleware::from_fn(move |request, next| {
+            head_limit(max_head, request, next)
+        }))
         .layer(axum::middleware::from_fn(request_context))
         .with_state(state)
+}
+
+/// The size of a request's head as HTTP/1.1 writes it: request line and header lines.
+fn head_bytes(request: &Request) -> usize {
+    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    request
+        .headers()
+        .iter()
+        .fold(line, |sum, (name, value)| {
+            sum + name.as_str().len() + value.len() + 4
+        })
+}
+
+/// Refuses a request whose head is past the limit with 431, the same on HTTP/1.1 and HTTP/2.
+/// hyper bounds what it buffers (`max_buf_size`, `max_header_list_size`), but on a kept-alive
+/// HTTP/1.1 connection its buffer may already be large enough to take a bigger head whole, so
+/// the limit is checked here on every request.
+async fn head_limit(max: usize, request: Request, next: Next) -> Response {
+    if head_bytes(&request) > max {
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.0.clone())
+            .unwrap_or_default();
+        return crate::error::error_response(
+            fhirwall_service::ServiceError::new(
+                fhirwall_service::ErrorKind::HeadersTooLarge,
+                fhirwall_model::IssueType::TooLong,
+                "headers-too-large",
+                format!("The request line and headers are larger than the limit of {max} bytes."),
+            ),
+            &request_id,
+        );
+    }
+    next.run(request).await
 }
 
 /// Gives each request its correlation id, sets the headers every answer carries, and logs one

@@ -112,6 +112,14 @@ impl Server {
         server
     }
 
+    /// Starts a server on a fresh data directory, removed when it is dropped, with extra flags.
+    pub async fn start_with(extra: &[&str]) -> Server {
+        let dir = fresh_dir();
+        let mut server = Server::start_in(&dir, extra).await;
+        server.owns_dir = true;
+        server
+    }
+
     /// Starts a server on an existing data directory (a restart) with extra flags.
     pub async fn start_in(dir: &Path, extra: &[&str]) -> Server {
         Server::start_logging(dir, extra, "warn", None).await
