@@ -23,6 +23,8 @@ pub enum ErrorKind {
     TooManyRequests,
     HeadersTooLarge,
     Internal,
+    /// The store's disk is below its reserve: writes wait until space is freed.
+    InsufficientStorage,
     Unavailable,
 }
 
@@ -46,6 +48,7 @@ impl ErrorKind {
             ErrorKind::TooManyRequests => 429,
             ErrorKind::HeadersTooLarge => 431,
             ErrorKind::Internal => 500,
+            ErrorKind::InsufficientStorage => 507,
             ErrorKind::Unavailable => 503,
         }
     }

@@ -94,6 +94,8 @@ struct Inner {
     local: tokens::LocalAuthState,
     writes: pipeline::WriteQueues,
     rotating: std::sync::atomic::AtomicBool,
+    /// Set while the store's disk is below its reserve (the composition root watches it).
+    storage_low: std::sync::atomic::AtomicBool,
     profiles: profiles::Profiles,
 }
 
@@ -131,9 +133,33 @@ impl Service {
                 local: tokens::LocalAuthState::default(),
                 writes: pipeline::WriteQueues::new(),
                 rotating: std::sync::atomic::AtomicBool::new(false),
+                storage_low: std::sync::atomic::AtomicBool::new(false),
                 profiles: profiles::Profiles::new(),
             }),
         })
+    }
+
+    /// Says whether the store's disk is below its reserve. While it is, writes are refused
+    /// (507) and failed authentications are not audited one by one (only summarised), so
+    /// the space left goes to the audit records of real work.
+    pub fn set_storage_low(&self, low: bool) {
+        let was = self
+            .inner
+            .storage_low
+            .swap(low, std::sync::atomic::Ordering::SeqCst);
+        if was != low {
+            if low {
+                tracing::warn!("storage below its reserve: refusing writes until space is freed");
+            } else {
+                tracing::info!("storage above its reserve again: accepting writes");
+            }
+        }
+    }
+
+    pub(crate) fn storage_low(&self) -> bool {
+        self.inner
+            .storage_low
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The clock's reading; read once per request and passed down.

@@ -206,6 +206,14 @@ pub(crate) async fn commit(
     new: NewVersion,
 ) -> Result<Result<Written, WriteConflict>, ServiceError> {
     let service = call.service;
+    if service.storage_low() {
+        return Err(ServiceError::new(
+            crate::ErrorKind::InsufficientStorage,
+            fhirwall_model::IssueType::Exception,
+            "insufficient-storage",
+            "The server is low on storage and refuses writes until space is freed; retry later.",
+        ));
+    }
     let now = call.now;
     let keys = service.tenant_keys(call.tenant())?;
     let profiles = &service.inner.profiles;

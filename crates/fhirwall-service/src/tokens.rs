@@ -44,6 +44,17 @@ struct FailureWindow {
     suppressed: u64,
 }
 
+/// What becomes of one failed authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disposition {
+    /// Audited on its own.
+    Record,
+    /// Answered as usual, counted in the minute's summary record.
+    Summarise,
+    /// Answered 429, counted in the minute's summary record.
+    Throttle,
+}
+
 /// A refusal at the token endpoint (RFC 6749 section 5.2).
 #[derive(Debug, Clone)]
 pub struct TokenFailure {
@@ -142,14 +153,20 @@ impl Service {
             Ok(_) => (200, None),
             Err(f) => (f.status, Some(f.audit_code)),
         };
-        if audit_code.is_some() && self.over_failure_limit(who, now) {
-            tracing::warn!(request_id = %who.request_id, "failed authentications over the limit for this source; answered 429 without a record");
-            return Err(TokenFailure::new(
-                429,
-                "temporarily_unavailable",
-                "Too many failed attempts from this address; retry in a minute.",
-                "rate-limited",
-            ));
+        if audit_code.is_some() {
+            match self.failure_disposition(who, now) {
+                Disposition::Record => {}
+                Disposition::Summarise => return result,
+                Disposition::Throttle => {
+                    tracing::warn!(request_id = %who.request_id, "failed authentications over the limit for this source; answered 429 without a record");
+                    return Err(TokenFailure::new(
+                        429,
+                        "temporarily_unavailable",
+                        "Too many failed attempts from this address; retry in a minute.",
+                        "rate-limited",
+                    ));
+                }
+            }
         }
         if let Some(code) = audit_code {
             tracing::info!(request_id = %who.request_id, reason = code, "token request refused");
@@ -398,7 +415,8 @@ impl Service {
             }
             Err(failure) => failure,
         };
-        if self.over_failure_limit(who, now) {
+        let disposition = self.failure_disposition(who, now);
+        if disposition == Disposition::Throttle {
             tracing::warn!(request_id = %who.request_id, "failed authentications over the limit for this source; answered 429 without a record");
             return Err(ServiceError::new(
                 ErrorKind::TooManyRequests,
@@ -408,6 +426,16 @@ impl Service {
             ));
         }
         tracing::info!(request_id = %who.request_id, reason = code, "bearer token refused");
+        let mut error = ServiceError::new(
+            ErrorKind::Unauthenticated,
+            IssueType::Login,
+            "unauthenticated",
+            "A valid bearer access token is required.",
+        );
+        error.bearer_error = bearer_error;
+        if disposition == Disposition::Summarise {
+            return Err(error);
+        }
         let record = audit::record_for(
             self,
             who,
@@ -424,27 +452,21 @@ impl Service {
             now,
         );
         audit::append(self, &record, now).await?;
-        let mut error = ServiceError::new(
-            ErrorKind::Unauthenticated,
-            IssueType::Login,
-            "unauthenticated",
-            "A valid bearer access token is required.",
-        );
-        error.bearer_error = bearer_error;
         Err(error)
     }
 
-    /// Counts a failed authentication of `who`'s source; true when it is past the limit
-    /// (then it gets no record of its own). The first failure of a new minute first writes
-    /// the summary of the minute before, if any were suppressed.
-    fn over_failure_limit(&self, who: &Requester, now: Timestamp) -> bool {
+    /// Counts a failed authentication of `who`'s source and says what becomes of it: past the
+    /// limit it is throttled (429) and only summarised; while storage is low it is answered as
+    /// usual but only summarised too, so the space left goes to real work. The first failure
+    /// of a new minute first writes the summary of the minute before, if any were suppressed.
+    fn failure_disposition(&self, who: &Requester, now: Timestamp) -> Disposition {
         let source = who.source_address.clone().unwrap_or_default();
         let minute = now.unix_seconds().div_euclid(60);
         let limit = self.inner.config.auth_failures_per_minute;
         let mut summary = None;
         let over = {
             let Ok(mut failures) = self.inner.local.failures.lock() else {
-                return false;
+                return Disposition::Record;
             };
             if failures.len() >= CACHE_LIMIT && !failures.contains_key(&source) {
                 failures.retain(|_, w| w.minute == minute);
@@ -465,11 +487,17 @@ impl Service {
                 };
             }
             window.count = window.count.saturating_add(1);
-            let over = window.count > limit;
-            if over {
+            let disposition = if window.count > limit {
+                Disposition::Throttle
+            } else if self.storage_low() {
+                Disposition::Summarise
+            } else {
+                Disposition::Record
+            };
+            if disposition != Disposition::Record {
                 window.suppressed += 1;
             }
-            over
+            disposition
         };
         if let Some(suppressed) = summary {
             self.write_failure_summary(who, suppressed, now);

@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// they get 429 and one summary record per minute.
     #[arg(long, env = "FHIRWALL_AUTH_FAILURES_PER_MINUTE")]
     pub auth_failures_per_minute: Option<u32>,
+    /// Free disk space the data directory keeps in reserve, in bytes: below it writes are
+    /// refused (507) and failed authentications are only summarised.
+    #[arg(long, env = "FHIRWALL_MIN_FREE_DISK_BYTES")]
+    pub min_free_disk_bytes: Option<u64>,
     /// The storage backend: `sqlite` (the embedded default, in the data directory).
     #[arg(long, env = "FHIRWALL_DATABASE")]
     pub database: Option<String>,
@@ -89,6 +93,7 @@ struct FileConfig {
     max_json_depth: Option<usize>,
     max_header_bytes: Option<usize>,
     auth_failures_per_minute: Option<u32>,
+    min_free_disk_bytes: Option<u64>,
     database: Option<String>,
     log_format: Option<String>,
     jwks_ca: Option<PathBuf>,
@@ -119,6 +124,7 @@ pub struct Settings {
     pub max_json_depth: usize,
     pub max_header_bytes: usize,
     pub auth_failures_per_minute: u32,
+    pub min_free_disk_bytes: u64,
     pub backend: Backend,
     pub log_json: bool,
     pub jwks_ca: Option<PathBuf>,
@@ -141,6 +147,7 @@ const KNOWN_ENV: &[&str] = &[
     "FHIRWALL_MAX_HEADER_BYTES",
     "FHIRWALL_AUTH_FAILURES_PER_MINUTE",
     "FHIRWALL_DATABASE",
+    "FHIRWALL_MIN_FREE_DISK_BYTES",
     "FHIRWALL_LOG_FORMAT",
     "FHIRWALL_JWKS_CA",
     "FHIRWALL_SHUTDOWN_GRACE_SECS",
@@ -216,6 +223,10 @@ impl Settings {
         if auth_failures_per_minute == 0 {
             bail!("auth_failures_per_minute must be at least 1");
         }
+        let min_free_disk_bytes = args
+            .min_free_disk_bytes
+            .or(file.min_free_disk_bytes)
+            .unwrap_or(256 * 1024 * 1024);
         let backend = match args.database.or(file.database).as_deref() {
             None | Some("sqlite") => Backend::Sqlite,
             Some(other) => bail!(
@@ -277,6 +288,7 @@ impl Settings {
             max_json_depth,
             max_header_bytes,
             auth_failures_per_minute,
+            min_free_disk_bytes,
             backend,
             log_json,
             jwks_ca: args.jwks_ca.or(file.jwks_ca),

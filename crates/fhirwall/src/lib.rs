@@ -170,6 +170,20 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             }
         })
     };
+    let disk_watch = {
+        let service = service.clone();
+        let data_dir = settings.data_dir.clone();
+        let reserve = settings.min_free_disk_bytes;
+        service.set_storage_low(free_disk_bytes(&data_dir).is_some_and(|free| free < reserve));
+        tokio::spawn(async move {
+            let mut every_few_seconds = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                every_few_seconds.tick().await;
+                let free = free_disk_bytes(&data_dir);
+                service.set_storage_low(free.is_some_and(|free| free < reserve));
+            }
+        })
+    };
 
     println!("fhirwall listening on {base_url}/fhir");
     if let Some(ca) = &tls_files.dev_ca {
@@ -194,6 +208,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         )
         .await;
     maintenance.abort();
+    disk_watch.abort();
     service.flush_failure_summaries();
     tracing::info!("stopping: committing what the writer holds");
     // Let the last summary records reach the writer before it stops.
@@ -201,6 +216,18 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     store.shutdown();
     drop(lock);
     Ok(())
+}
+
+/// The bytes an unprivileged writer can still use on the data directory's file system; None
+/// when the system cannot say (then nothing is refused on its account).
+fn free_disk_bytes(dir: &Path) -> Option<u64> {
+    match rustix::fs::statvfs(dir) {
+        Ok(stats) => Some(stats.f_bavail.saturating_mul(stats.f_frsize)),
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot read the data directory's free space");
+            None
+        }
+    }
 }
 
 /// Creates the data directory readable by its owner only. The files in it are ciphertext, but
