@@ -8,7 +8,11 @@ use std::collections::{HashMap, HashSet};
 use fhirwall_audit::{EventKind, Outcome};
 use fhirwall_crypto::Envelope;
 use fhirwall_model::{TenantId, Timestamp};
-use fhirwall_store::{AuthState, ClientRecord, HistoryQuery, ResourceKey, Store};
+use fhirwall_store::{
+    AuthState, ClientRecord, CurrentQuery, HistoryQuery, ResourceKey, Store, StoredVersion,
+};
+
+use crate::indexing::Indexer;
 
 use crate::integrity;
 
@@ -251,17 +255,29 @@ async fn verify_tenant(
             what: format!("version {missing} was written (its record says so) but is gone"),
         }));
     }
+    let blind = envelope
+        .blind_indexer(tenant.as_str())
+        .ok_or(AdminError::MissingKeys)?;
+    let indexer = Indexer {
+        blind: &blind,
+        tenant,
+    };
     for (resource, version) in newest.values() {
         let current = store.read_current(resource).await?;
         let genuine = current.as_ref().is_some_and(|c| {
             integrity::current_is_genuine(&key, c) && c.version.version == *version
         });
-        if !genuine {
+        let Some(current) = current.filter(|_| genuine) else {
             return Ok(Some(Verification::Tampered {
                 what: format!(
                     "the current version of {} is not its newest ({version}) as the server left it",
                     resource.reference()
                 ),
+            }));
+        };
+        if let Some(problem) = check_searchable(store, envelope, &indexer, &current.version).await? {
+            return Ok(Some(Verification::Tampered {
+                what: format!("{}: {problem}", resource.reference()),
             }));
         }
     }
@@ -270,6 +286,58 @@ async fn verify_tenant(
             return Ok(Some(Verification::Tampered {
                 what: format!("client {} is not as registered", client.client_id),
             }));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether search sees a resource as its current version says: a live one by its id and by
+/// each of its index terms, a deleted one not at all. The flags and terms search runs on carry
+/// no tags of their own, so an edit of them (a live resource hidden, a term removed) shows
+/// here.
+async fn check_searchable(
+    store: &dyn Store,
+    envelope: &Envelope,
+    indexer: &Indexer<'_>,
+    current: &StoredVersion,
+) -> Result<Option<&'static str>, AdminError> {
+    let key = &current.key;
+    let query = |clauses: Vec<Vec<fhirwall_store::IndexTerm>>| CurrentQuery {
+        tenant: key.tenant.clone(),
+        resource_type: key.resource_type.clone(),
+        id: Some(key.id.clone()),
+        clauses,
+        after_seq: None,
+        limit: 1,
+    };
+    let by_id = store.find_current(query(Vec::new())).await?;
+    if current.is_deleted() {
+        return Ok((!by_id.is_empty()).then_some("deleted, yet search finds it"));
+    }
+    if by_id.is_empty() {
+        return Ok(Some("live, yet search does not find it"));
+    }
+    let Some(sealed) = current.sealed_body.as_deref() else {
+        return Ok(Some("live, yet its current version has no body"));
+    };
+    let opened = envelope.open(
+        &fhirwall_crypto::AadContext::Resource {
+            tenant: key.tenant.as_str(),
+            resource_type: key.resource_type.as_str(),
+            id: key.id.as_str(),
+            version: current.version,
+        },
+        sealed,
+    );
+    let Some(body) = opened
+        .ok()
+        .and_then(|plain| serde_json::from_slice::<serde_json::Value>(&plain).ok())
+    else {
+        return Ok(Some("its current version does not decrypt"));
+    };
+    for term in indexer.resource_terms(&key.resource_type, &body) {
+        if store.find_current(query(vec![vec![term]])).await?.is_empty() {
+            return Ok(Some("an index term of its current version is missing"));
         }
     }
     Ok(None)

@@ -18,8 +18,10 @@ const MAX_PAGE: usize = 1000;
 /// `_summary=count` counts at most this many matches.
 const MAX_COUNTED: usize = 10_000;
 
-/// Current resources matching the criteria (up to `limit`), in commit order, each checked
-/// against its integrity tag.
+/// Current resources matching the criteria (up to `limit`), in commit order. Each match is
+/// confirmed through its current pointer and the pointer's integrity tag (a read the store
+/// answers from its cache): a pointer moved back to an older version, or to a live version
+/// over a deletion, is refused, not served.
 pub(crate) async fn find(
     call: &Call<'_>,
     resource_type: &ResourceType,
@@ -29,10 +31,19 @@ pub(crate) async fn find(
 ) -> Result<Vec<StoredVersion>, ServiceError> {
     let plan = criteria.plan(call.tenant(), resource_type, after_seq, limit);
     let rows = call.service.inner.store.find_current(plan).await?;
-    for row in &rows {
-        check_version(call, row)?;
+    let mut found = Vec::with_capacity(rows.len());
+    for row in rows {
+        check_version(call, &row)?;
+        let confirmed = current_version(call, resource_type, &row.key.id).await?;
+        match confirmed {
+            Some(current) if current.version == row.version => found.push(row),
+            // Changed since the plan ran (a concurrent write or delete): the newer state
+            // decides on the next search.
+            Some(current) if current.version > row.version => {}
+            _ => return Err(crate::integrity::tampered("search match", row.seq)),
+        }
     }
-    Ok(rows)
+    Ok(found)
 }
 
 fn page_size(call: &Call<'_>) -> Result<usize, ServiceError> {

@@ -69,6 +69,9 @@ pub(crate) struct NewVersion {
     pub guard: Option<NoMatchGuard>,
     /// None for a delete.
     pub body: Option<Map<String, Value>>,
+    /// Whether the version brings a resource into being: the first, or the first after a
+    /// deletion (an un-delete is a create, answered and audited 201).
+    pub creates: bool,
 }
 
 impl NewVersion {
@@ -91,6 +94,7 @@ impl NewVersion {
             method,
             expect,
             guard: None,
+            creates: method != Method::Delete && current.is_none_or(StoredVersion::is_deleted),
             body,
         }
     }
@@ -99,6 +103,8 @@ impl NewVersion {
 /// A committed version.
 pub(crate) struct Written {
     pub version: u64,
+    /// Whether it brought the resource into being (see [`NewVersion::creates`]).
+    pub created: bool,
     pub at: Timestamp,
     /// The stored plaintext (None for a delete).
     pub stored: Option<Vec<u8>>,
@@ -108,10 +114,7 @@ pub(crate) struct Written {
 
 /// How a write loop ended without an error.
 pub(crate) enum Outcome {
-    Written {
-        written: Written,
-        previous: Option<StoredVersion>,
-    },
+    Written(Written),
     /// The builder decided nothing needs writing (deleting what is absent).
     Unchanged,
     /// A conditional guard matched these resources at commit time.
@@ -148,12 +151,7 @@ pub(crate) async fn write_loop(
             return Ok(Outcome::Unchanged);
         };
         match commit(call, new).await? {
-            Ok(written) => {
-                return Ok(Outcome::Written {
-                    written,
-                    previous: current,
-                });
-            }
+            Ok(written) => return Ok(Outcome::Written(written)),
             Err(WriteConflict::VersionMismatch { .. }) if expected.is_some() => {
                 return Err(changed_since_if_match().into());
             }
@@ -267,7 +265,7 @@ pub(crate) async fn commit(
     };
     version.tag = Some(integrity::version_tag(&keys.integrity, &version));
     let pointer_tag = integrity::pointer_tag(&keys.integrity, &version.key, new.version);
-    let status = if new.method == Method::Create || new.expect == Expect::Absent {
+    let status = if new.creates {
         201
     } else if new.method == Method::Delete {
         204
@@ -313,6 +311,7 @@ pub(crate) async fn commit(
     }
     Ok(outcome.map(|_| Written {
         version: new.version,
+        created: new.creates,
         at: now,
         stored,
         warnings,

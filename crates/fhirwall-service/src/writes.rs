@@ -154,16 +154,13 @@ fn written_reply(
     outcome: Outcome,
 ) -> Result<Done, Failed> {
     match outcome {
-        Outcome::Written { written, previous } => {
-            let created = previous.is_none();
-            Ok(Done::committed(write_reply(
-                call,
-                resource_type,
-                id,
-                &written,
-                created,
-            )?))
-        }
+        Outcome::Written(written) => Ok(Done::committed(write_reply(
+            call,
+            resource_type,
+            id,
+            &written,
+            written.created,
+        )?)),
         Outcome::Unchanged => Err(ServiceError::internal().into()),
         Outcome::GuardMatched(_) => Err(ServiceError::precondition_failed(
             "A resource matching the condition appeared meanwhile; retry.",
@@ -454,7 +451,7 @@ pub(crate) async fn delete(
     )
     .await?;
     match outcome {
-        Outcome::Written { written, .. } => {
+        Outcome::Written(written) => {
             let mut reply = match call.request.return_preference {
                 ReturnPreference::OperationOutcome => Reply::json(
                     200,
