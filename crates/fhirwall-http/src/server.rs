@@ -72,12 +72,9 @@ fn router(state: Edge) -> Router {
 /// The size of a request's head as HTTP/1.1 writes it: request line and header lines.
 fn head_bytes(request: &Request) -> usize {
     let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
-    request
-        .headers()
-        .iter()
-        .fold(line, |sum, (name, value)| {
-            sum + name.as_str().len() + value.len() + 4
-        })
+    request.headers().iter().fold(line, |sum, (name, value)| {
+        sum + name.as_str().len() + value.len() + 4
+    })
 }
 
 /// Refuses a request whose head is past the limit with 431, the same on HTTP/1.1 and HTTP/2.

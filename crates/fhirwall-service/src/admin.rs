@@ -275,7 +275,8 @@ async fn verify_tenant(
                 ),
             }));
         };
-        if let Some(problem) = check_searchable(store, envelope, &indexer, &current.version).await? {
+        if let Some(problem) = check_searchable(store, envelope, &indexer, &current.version).await?
+        {
             return Ok(Some(Verification::Tampered {
                 what: format!("{}: {problem}", resource.reference()),
             }));
@@ -336,7 +337,11 @@ async fn check_searchable(
         return Ok(Some("its current version does not decrypt"));
     };
     for term in indexer.resource_terms(&key.resource_type, &body) {
-        if store.find_current(query(vec![vec![term]])).await?.is_empty() {
+        if store
+            .find_current(query(vec![vec![term]]))
+            .await?
+            .is_empty()
+        {
             return Ok(Some("an index term of its current version is missing"));
         }
     }
