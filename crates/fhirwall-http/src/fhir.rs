@@ -11,7 +11,7 @@ use axum::Extension;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
-use fhirwall_model::{IssueType, JsonLimits, ResourceId, ResourceType, Timestamp};
+use fhirwall_model::{IssueType, JsonLimits, Timestamp};
 use fhirwall_service::{
     Conditions, ErrorKind, Interaction, Reply, Request, Requester, ReturnPreference, ServiceError,
 };
@@ -140,7 +140,7 @@ impl EdgeCall<'_> {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         let caller = service.authenticate(self.requester, authorization).await?;
-        let interaction = match route(self.method, segments) {
+        let interaction = match Interaction::route(self.method.as_str(), segments) {
             Ok(interaction) => interaction,
             Err(error) => return Err(service.refuse(&caller, None, &self.params, error).await),
         };
@@ -186,7 +186,8 @@ impl EdgeCall<'_> {
         match interaction {
             Interaction::Create(_)
             | Interaction::Update(..)
-            | Interaction::ConditionalUpdate(_) => {
+            | Interaction::ConditionalUpdate(_)
+            | Interaction::Bundle => {
                 let format = negotiate::check_content_type(self.headers, false)?;
                 let bytes = read_bytes(self.headers, body, limits).await?;
                 Ok(Some(parse_body(&bytes, format, limits)?))
@@ -374,88 +375,4 @@ fn parse_body(bytes: &[u8], format: Format, limits: &crate::Limits) -> Result<Va
             })
         }
     }
-}
-
-fn parse_type(name: &str) -> Result<ResourceType, ServiceError> {
-    ResourceType::parse(name).map_err(|_| {
-        ServiceError::new(
-            ErrorKind::NotFound,
-            IssueType::NotSupported,
-            "unknown-resource-type",
-            "The path does not name a FHIR R4 resource type.",
-        )
-    })
-}
-
-fn parse_id(id: &str) -> Result<ResourceId, ServiceError> {
-    ResourceId::parse(id).map_err(|_| {
-        ServiceError::invalid(
-            "invalid-id",
-            "A resource id is 1 to 64 characters of A-Z, a-z, 0-9, '-' and '.'.",
-        )
-    })
-}
-
-/// The interaction a method and path ask for.
-fn route(method: &http::Method, segs: &[&str]) -> Result<Interaction, ServiceError> {
-    use http::Method as M;
-    let operation_not_supported =
-        || ServiceError::not_supported("This operation is not supported by this server.");
-    let interaction = match segs {
-        [] => {
-            return Err(ServiceError::not_supported(
-                "Batch, transaction and system-level search are not supported by this server.",
-            ));
-        }
-        ["_history"] if *method == M::GET => Interaction::HistorySystem,
-        ["_history"] | [_, "_history"] if *method != M::GET => {
-            return Err(ServiceError::method_not_allowed());
-        }
-        [t] if t.starts_with('$') || t.starts_with('_') => return Err(operation_not_supported()),
-        [t] => {
-            let t = parse_type(t)?;
-            match *method {
-                M::GET => Interaction::SearchType(t),
-                M::POST => Interaction::Create(t),
-                M::PUT => Interaction::ConditionalUpdate(t),
-                M::DELETE => Interaction::ConditionalDelete(t),
-                _ => return Err(ServiceError::method_not_allowed()),
-            }
-        }
-        [t, "_history"] => Interaction::HistoryType(parse_type(t)?),
-        [t, "$validate"] if *method == M::POST => Interaction::Validate(parse_type(t)?, None),
-        [t, id, "$validate"] if *method == M::POST || *method == M::GET => {
-            Interaction::Validate(parse_type(t)?, Some(parse_id(id)?))
-        }
-        [_, "$validate"] | [_, _, "$validate"] => return Err(ServiceError::method_not_allowed()),
-        [t, "_search"] => {
-            let _ = parse_type(t)?;
-            return Err(ServiceError::not_supported(
-                "Search by POST is not supported yet; use GET.",
-            ));
-        }
-        [t, id] => {
-            let t = parse_type(t)?;
-            if id.starts_with('$') {
-                return Err(operation_not_supported());
-            }
-            let id = parse_id(id)?;
-            match *method {
-                M::GET => Interaction::Read(t, id),
-                M::PUT => Interaction::Update(t, id),
-                M::PATCH => Interaction::Patch(t, id),
-                M::DELETE => Interaction::Delete(t, id),
-                _ => return Err(ServiceError::method_not_allowed()),
-            }
-        }
-        [t, id, "_history"] if *method == M::GET => {
-            Interaction::HistoryInstance(parse_type(t)?, parse_id(id)?)
-        }
-        [t, id, "_history", vid] if *method == M::GET => {
-            Interaction::Vread(parse_type(t)?, parse_id(id)?, (*vid).to_string())
-        }
-        [_, _, "_history", ..] => return Err(ServiceError::method_not_allowed()),
-        _ => return Err(ServiceError::not_found("There is nothing at this address.")),
-    };
-    Ok(interaction)
 }

@@ -100,7 +100,9 @@ pub(crate) fn capability_statement(service: &Service) -> Value {
                 ),
             },
             "resource": resources,
-            "interaction": [{"code": "history-system"}],
+            "interaction": [
+                {"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}
+            ],
         }],
     })
 }

@@ -8,6 +8,8 @@ use fhirwall_auth::Interaction as Permission;
 use fhirwall_model::{ResourceId, ResourceType, Timestamp};
 use serde_json::Value;
 
+use crate::{ErrorKind, ServiceError};
+
 /// A FHIR RESTful interaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interaction {
@@ -26,6 +28,8 @@ pub enum Interaction {
     HistorySystem,
     /// `$validate` at type level (None) or instance level.
     Validate(ResourceType, Option<ResourceId>),
+    /// A batch or transaction Bundle posted to the base.
+    Bundle,
 }
 
 impl Interaction {
@@ -43,6 +47,7 @@ impl Interaction {
             Interaction::HistoryInstance(..) => "history-instance",
             Interaction::HistorySystem => "history-system",
             Interaction::Validate(..) => "validate",
+            Interaction::Bundle => "batch",
         }
     }
 
@@ -56,7 +61,8 @@ impl Interaction {
             Interaction::SearchType(..)
             | Interaction::HistoryType(..)
             | Interaction::HistorySystem
-            | Interaction::Validate(..) => Action::Execute,
+            | Interaction::Validate(..)
+            | Interaction::Bundle => Action::Execute,
             Interaction::Read(..) | Interaction::Vread(..) | Interaction::HistoryInstance(..) => {
                 Action::Read
             }
@@ -77,7 +83,7 @@ impl Interaction {
             | Interaction::HistoryType(t)
             | Interaction::HistoryInstance(t, _)
             | Interaction::Validate(t, _) => Some(t),
-            Interaction::HistorySystem => None,
+            Interaction::HistorySystem | Interaction::Bundle => None,
         }
     }
 
@@ -119,6 +125,8 @@ impl Interaction {
             // one (mode update or delete) tells whether it exists.
             Interaction::Validate(_, None) => vec![Permission::Create],
             Interaction::Validate(_, Some(_)) => vec![Permission::Read],
+            // Each entry is checked as the request it stands for.
+            Interaction::Bundle => Vec::new(),
         }
     }
 }
@@ -226,4 +234,95 @@ impl Reply {
             location: None,
         }
     }
+}
+
+fn parse_type(name: &str) -> Result<ResourceType, ServiceError> {
+    ResourceType::parse(name).map_err(|_| {
+        ServiceError::new(
+            ErrorKind::NotFound,
+            fhirwall_model::IssueType::NotSupported,
+            "unknown-resource-type",
+            "The path does not name a FHIR R4 resource type.",
+        )
+    })
+}
+
+fn parse_id(id: &str) -> Result<ResourceId, ServiceError> {
+    ResourceId::parse(id).map_err(|_| {
+        ServiceError::invalid(
+            "invalid-id",
+            "A resource id is 1 to 64 characters of A-Z, a-z, 0-9, '-' and '.'.",
+        )
+    })
+}
+
+impl Interaction {
+    /// The interaction a method and the path's segments below the FHIR base ask for: the one
+    /// routing rule, for HTTP requests and for Bundle entries alike.
+    pub fn route(method: &str, segs: &[&str]) -> Result<Interaction, ServiceError> {
+        route(method, segs)
+    }
+}
+
+fn route(method: &str, segs: &[&str]) -> Result<Interaction, ServiceError> {
+    let operation_not_supported =
+        || ServiceError::not_supported("This operation is not supported by this server.");
+    let interaction = match segs {
+        [] if method == "POST" => Interaction::Bundle,
+        [] => {
+            return Err(ServiceError::not_supported(
+                "System-level search is not supported by this server; POST a batch or transaction Bundle here.",
+            ));
+        }
+        ["_history"] if method == "GET" => Interaction::HistorySystem,
+        ["_history"] | [_, "_history"] if method != "GET" => {
+            return Err(ServiceError::method_not_allowed());
+        }
+        [t] if t.starts_with('$') || t.starts_with('_') => return Err(operation_not_supported()),
+        [t] => {
+            let t = parse_type(t)?;
+            match method {
+                "GET" => Interaction::SearchType(t),
+                "POST" => Interaction::Create(t),
+                "PUT" => Interaction::ConditionalUpdate(t),
+                "DELETE" => Interaction::ConditionalDelete(t),
+                _ => return Err(ServiceError::method_not_allowed()),
+            }
+        }
+        [t, "_history"] => Interaction::HistoryType(parse_type(t)?),
+        [t, "$validate"] if method == "POST" => Interaction::Validate(parse_type(t)?, None),
+        [t, id, "$validate"] if method == "POST" || method == "GET" => {
+            Interaction::Validate(parse_type(t)?, Some(parse_id(id)?))
+        }
+        [_, "$validate"] | [_, _, "$validate"] => return Err(ServiceError::method_not_allowed()),
+        [t, "_search"] => {
+            let _ = parse_type(t)?;
+            return Err(ServiceError::not_supported(
+                "Search by POST is not supported yet; use GET.",
+            ));
+        }
+        [t, id] => {
+            let t = parse_type(t)?;
+            if id.starts_with('$') {
+                return Err(operation_not_supported());
+            }
+            let id = parse_id(id)?;
+            match method {
+                "GET" => Interaction::Read(t, id),
+                "PUT" => Interaction::Update(t, id),
+                "PATCH" => Interaction::Patch(t, id),
+                "DELETE" => Interaction::Delete(t, id),
+                _ => return Err(ServiceError::method_not_allowed()),
+            }
+        }
+        [t, id, "_history"] if method == "GET" => {
+            Interaction::HistoryInstance(parse_type(t)?, parse_id(id)?)
+        }
+        [t, id, "_history", vid] if method == "GET" => {
+            Interaction::Vread(parse_type(t)?, parse_id(id)?, (*vid).to_string())
+        }
+        [_, _, "_history", ..] => return Err(ServiceError::method_not_allowed()),
+        _ => return Err(ServiceError::not_found("There is nothing at this address.")),
+    };
+    Ok(interaction)
 }

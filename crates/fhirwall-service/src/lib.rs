@@ -16,6 +16,7 @@
 mod admin;
 mod audit;
 mod audit_api;
+mod bundle;
 mod bundles;
 mod caller;
 mod capability;
@@ -308,7 +309,7 @@ impl Service {
 }
 
 /// The SMART permissions the request needs, checked before anything is read.
-fn check_scopes(caller: &Caller, request: &Request) -> Result<(), ServiceError> {
+pub(crate) fn check_scopes(caller: &Caller, request: &Request) -> Result<(), ServiceError> {
     let interaction = &request.interaction;
     let conditional_create = request.conditions.if_none_exist.is_some();
     let type_name = interaction
@@ -392,6 +393,7 @@ impl Call<'_> {
             Interaction::HistoryInstance(t, id) => bundles::history(self, Some(t), Some(id)).await,
             Interaction::HistorySystem => bundles::history(self, None, None).await,
             Interaction::Validate(t, id) => validate_op::validate(self, t, id.as_ref()).await,
+            Interaction::Bundle => bundle::system_bundle(self).await,
         }
     }
 }

@@ -196,6 +196,30 @@ fn stamp(
     Value::Object(out)
 }
 
+/// A version ready for the store: its write request (sealed version, tags, terms, audit
+/// record), what the caller will be told, and the profile to make live once it commits.
+pub(crate) struct Prepared {
+    pub request: WriteRequest,
+    pub written: Written,
+    /// The patients the version concerns, for a transaction's own audit record.
+    pub patients: Vec<String>,
+    profile: Option<(ResourceId, Option<crate::profiles::PreparedProfile>)>,
+}
+
+impl Prepared {
+    /// What follows a committed write: a StructureDefinition's profile goes live (or retires).
+    pub fn committed(self, service: &crate::Service) -> Written {
+        if let Some((id, profile)) = self.profile {
+            let profiles = &service.inner.profiles;
+            match profile {
+                Some(profile) => profiles.register(id.as_str(), profile),
+                None => profiles.unregister(id.as_str()),
+            }
+        }
+        self.written
+    }
+}
+
 /// Validates, stamps, seals and tags a version, builds its audit record, and hands both to the
 /// store in one write. The version's `lastUpdated` and its audit record carry the request's one
 /// clock reading.
@@ -203,6 +227,19 @@ pub(crate) async fn commit(
     call: &Call<'_>,
     new: NewVersion,
 ) -> Result<Result<Written, WriteConflict>, ServiceError> {
+    let prepared = prepare(call, new)?;
+    let outcome = call
+        .service
+        .inner
+        .store
+        .write(prepared.request.clone())
+        .await?;
+    Ok(outcome.map(|_| prepared.committed(call.service)))
+}
+
+/// Everything of [`commit`] but the store write: a transaction prepares each entry, then
+/// stores them all at once.
+pub(crate) fn prepare(call: &Call<'_>, new: NewVersion) -> Result<Prepared, ServiceError> {
     let service = call.service;
     if service.storage_low() {
         return Err(ServiceError::new(
@@ -280,7 +317,7 @@ pub(crate) async fn commit(
         Method::Delete => Action::Delete,
     });
     detail.entities = vec![version.key.versioned_reference(new.version)];
-    detail.patients = patients;
+    detail.patients = patients.clone();
     let record = audit::record(
         service,
         &call.caller.requester,
@@ -291,29 +328,23 @@ pub(crate) async fn commit(
         now,
     );
     let audit = audit::seal(service, &record, now)?;
-    let outcome = service
-        .inner
-        .store
-        .write(WriteRequest {
+    Ok(Prepared {
+        request: WriteRequest {
             version,
             pointer_tag,
             expect: new.expect,
             guard: new.guard,
             index_terms: terms,
             audit,
-        })
-        .await?;
-    if outcome.is_ok() && is_structure_definition {
-        match profile {
-            Some(profile) => profiles.register(new.id.as_str(), profile),
-            None => profiles.unregister(new.id.as_str()),
-        }
-    }
-    Ok(outcome.map(|_| Written {
-        version: new.version,
-        created: new.creates,
-        at: now,
-        stored,
-        warnings,
-    }))
+        },
+        written: Written {
+            version: new.version,
+            created: new.creates,
+            at: now,
+            stored,
+            warnings,
+        },
+        patients,
+        profile: is_structure_definition.then(|| (new.id.clone(), profile)),
+    })
 }

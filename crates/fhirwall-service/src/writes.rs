@@ -15,7 +15,7 @@ use crate::reads::{gone, if_match, no_such, open_version, parse_stored, render};
 use crate::{Call, Done, ErrorKind, Failed, Location, Reply, ReturnPreference, ServiceError};
 
 /// The body of a create or update: a JSON object holding one resource of the path's type.
-fn resource_body(
+pub(crate) fn resource_body(
     call: &Call<'_>,
     resource_type: &ResourceType,
 ) -> Result<Map<String, Value>, ServiceError> {
@@ -95,7 +95,7 @@ pub(crate) fn check_resource_shape(
     Ok(())
 }
 
-fn location(
+pub(crate) fn location(
     call: &Call<'_>,
     resource_type: &ResourceType,
     id: &ResourceId,
@@ -239,7 +239,7 @@ pub(crate) async fn create(call: &Call<'_>, resource_type: &ResourceType) -> Res
     }
 }
 
-fn indexer<'a>(call: &'a Call<'_>) -> Result<Indexer<'a>, ServiceError> {
+pub(crate) fn indexer<'a>(call: &'a Call<'_>) -> Result<Indexer<'a>, ServiceError> {
     Ok(Indexer {
         blind: &call.service.tenant_keys(call.tenant())?.blind,
         tenant: call.tenant(),
@@ -295,7 +295,7 @@ fn existing_match(
 
 /// Whether the caller may create `resource_type` where `current` shows nothing live: a PUT
 /// to an id that never existed, or to one that was deleted, creates a resource.
-fn check_create_right(
+pub(crate) fn check_create_right(
     call: &Call<'_>,
     resource_type: &ResourceType,
     current: Option<&StoredVersion>,
@@ -316,27 +316,7 @@ pub(crate) async fn update(
     id: &ResourceId,
 ) -> Result<Done, Failed> {
     let map = resource_body(call, resource_type)?;
-    match map.get("id").and_then(Value::as_str) {
-        Some(body_id) if body_id == id.as_str() => {}
-        Some(_) => {
-            return Err(ServiceError::invalid(
-                "id-mismatch",
-                "The body's id does not match the id in the URL.",
-            )
-            .with_expression(format!("{resource_type}.id"))
-            .into());
-        }
-        None => {
-            return Err(ServiceError::new(
-                ErrorKind::Invalid,
-                IssueType::Required,
-                "missing-id",
-                "An update must carry the resource id in the body.",
-            )
-            .with_expression(format!("{resource_type}.id"))
-            .into());
-        }
-    }
+    check_update_id(&map, resource_type, id)?;
     let expected = if_match(call)?;
     put_version(call, resource_type, id, expected, None, map).await
 }
@@ -389,34 +369,7 @@ pub(crate) async fn patch(
             Some(row) => row,
         };
         let value = parse_stored(&open_version(call, current)?)?;
-        let patched = fhirwall_model::apply_json_patch(&value, &patch_doc).map_err(|e| {
-            let kind = if matches!(e, fhirwall_model::PatchError::TestFailed { .. }) {
-                ErrorKind::Unprocessable
-            } else {
-                ErrorKind::Invalid
-            };
-            ServiceError::new(kind, IssueType::Processing, "patch-failed", e.to_string())
-        })?;
-        let Value::Object(map) = patched else {
-            return Err(ServiceError::new(
-                ErrorKind::Unprocessable,
-                IssueType::Processing,
-                "patch-failed",
-                "The patch did not leave a resource.",
-            )
-            .into());
-        };
-        check_resource_shape(&map, resource_type)
-            .map_err(|e| e.with_kind(ErrorKind::Unprocessable))?;
-        if map.get("id").and_then(Value::as_str) != Some(id.as_str()) {
-            return Err(ServiceError::new(
-                ErrorKind::Unprocessable,
-                IssueType::Processing,
-                "patch-changed-id",
-                "A patch may not change or remove the resource id.",
-            )
-            .into());
-        }
+        let map = patched(resource_type, id, &value, &patch_doc)?;
         Ok(Some(NewVersion::after(
             Some(current),
             resource_type,
@@ -471,8 +424,67 @@ pub(crate) async fn delete(
     }
 }
 
+/// The result of a JSON Patch document on the current content: a resource of the same type
+/// and id, or why not (422 for a failed `test` or a result that is no longer the resource).
+pub(crate) fn patched(
+    resource_type: &ResourceType,
+    id: &ResourceId,
+    current: &Value,
+    patch_doc: &Value,
+) -> Result<Map<String, Value>, ServiceError> {
+    let patched = fhirwall_model::apply_json_patch(current, patch_doc).map_err(|e| {
+        let kind = if matches!(e, fhirwall_model::PatchError::TestFailed { .. }) {
+            ErrorKind::Unprocessable
+        } else {
+            ErrorKind::Invalid
+        };
+        ServiceError::new(kind, IssueType::Processing, "patch-failed", e.to_string())
+    })?;
+    let Value::Object(map) = patched else {
+        return Err(ServiceError::new(
+            ErrorKind::Unprocessable,
+            IssueType::Processing,
+            "patch-failed",
+            "The patch did not leave a resource.",
+        ));
+    };
+    check_resource_shape(&map, resource_type).map_err(|e| e.with_kind(ErrorKind::Unprocessable))?;
+    if map.get("id").and_then(Value::as_str) != Some(id.as_str()) {
+        return Err(ServiceError::new(
+            ErrorKind::Unprocessable,
+            IssueType::Processing,
+            "patch-changed-id",
+            "A patch may not change or remove the resource id.",
+        ));
+    }
+    Ok(map)
+}
+
+/// An update's body must carry the id of its URL.
+pub(crate) fn check_update_id(
+    map: &Map<String, Value>,
+    resource_type: &ResourceType,
+    id: &ResourceId,
+) -> Result<(), ServiceError> {
+    match map.get("id").and_then(Value::as_str) {
+        Some(body_id) if body_id == id.as_str() => Ok(()),
+        Some(_) => Err(ServiceError::invalid(
+            "id-mismatch",
+            "The body's id does not match the id in the URL.",
+        )
+        .with_expression(format!("{resource_type}.id"))),
+        None => Err(ServiceError::new(
+            ErrorKind::Invalid,
+            IssueType::Required,
+            "missing-id",
+            "An update must carry the resource id in the body.",
+        )
+        .with_expression(format!("{resource_type}.id"))),
+    }
+}
+
 /// A conditional interaction's criteria are its parameters, minus the answer's format.
-fn conditional_params(call: &Call<'_>) -> Vec<(String, String)> {
+pub(crate) fn conditional_params(call: &Call<'_>) -> Vec<(String, String)> {
     call.request
         .params
         .iter()

@@ -12,6 +12,7 @@ mod history;
 mod keys;
 mod plan;
 mod resources;
+mod transactions;
 
 use std::sync::Arc;
 
@@ -67,6 +68,7 @@ pub async fn run(store: &dyn Store) {
         .expect("a fresh store starts");
     resources::versions_and_expectations(store, &mut story).await;
     resources::guards(store, &mut story).await;
+    transactions::all_or_nothing(store, &mut story).await;
     plan::find_current(store, &mut story).await;
     history::paging_and_filters(store, &mut story).await;
     auth::client_assertion_ids(store).await;

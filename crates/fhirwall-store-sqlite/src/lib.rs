@@ -1,9 +1,9 @@
 //! The embedded store: SQLite in WAL mode, with one writer thread that group-commits every
-//! pending write, audit record and jti use in a single durable transaction, a checkpointer
-//! thread, and a cache of current versions. It stores only what it is given (sealed bodies,
-//! blind-index terms, sealed audit records, integrity tags) and links the trail with the
-//! chain it is started with; it must not decrypt or compute a tag itself, and only this crate
-//! knows SQLite.
+//! pending write, FHIR transaction, audit record and jti use in a single durable transaction,
+//! a checkpointer thread, and a cache of current versions. It stores only what it is given
+//! (sealed bodies, blind-index terms, sealed audit records, integrity tags) and links the
+//! trail with the chain it is started with; it must not decrypt or compute a tag itself, and
+//! only this crate knows SQLite.
 //!
 //! Use: [`SqliteStore::open`], read and save keys, then [`Store::start`] with the chain.
 

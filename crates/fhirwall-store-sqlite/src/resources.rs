@@ -1,10 +1,11 @@
-//! Resources and their history (`ResourceStore`): writes go to the writer thread; reads run
-//! on pooled read-only connections, current versions through the cache. Lookups are
-//! sub-selects, never joins (see `plan`).
+//! Resources and their history (`ResourceStore`): writes and transactions go to the writer
+//! thread; reads run on pooled read-only connections, current versions through the cache.
+//! Lookups are sub-selects, never joins (see `plan`).
 
 use fhirwall_store::{
     CurrentQuery, CurrentVersion, HistoryQuery, ResourceKey, ResourceStore, StoreError,
-    StoreFuture, StoredVersion, WriteConflict, WriteRequest,
+    StoreFuture, StoredVersion, TransactionConflict, TransactionRequest, WriteConflict,
+    WriteRequest,
 };
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params};
@@ -24,15 +25,33 @@ pub(crate) const READ_CURRENT: &str = "SELECT v.tenant, v.rtype, v.id, v.version
      FROM resource_versions v WHERE v.seq = \
      (SELECT c.seq FROM resource_current c WHERE c.tenant = ?1 AND c.rtype = ?2 AND c.id = ?3)";
 
+/// Refuses, here and alone, a write SQLite cannot store, rather than letting its insert fail
+/// the writer's whole batch.
+fn storable(request: &WriteRequest) -> Result<(), StoreError> {
+    match i64::try_from(request.version.version) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(StoreError::Backend(
+            "a version number past what SQLite stores".into(),
+        )),
+    }
+}
+
 impl ResourceStore for SqliteStore {
     fn write(&self, request: WriteRequest) -> StoreFuture<'_, Result<u64, WriteConflict>> {
-        // Refused here, alone, rather than failing the writer's whole batch.
-        if i64::try_from(request.version.version).is_err() {
-            return ready(Err(StoreError::Backend(
-                "a version number past what SQLite stores".into(),
-            )));
+        if let Err(refused) = storable(&request) {
+            return ready(Err(refused));
         }
         self.send(|reply| Command::Write(Box::new(request), reply))
+    }
+
+    fn write_all(
+        &self,
+        request: TransactionRequest,
+    ) -> StoreFuture<'_, Result<Vec<u64>, TransactionConflict>> {
+        if let Err(refused) = request.writes.iter().try_for_each(storable) {
+            return ready(Err(refused));
+        }
+        self.send(|reply| Command::Transaction(Box::new(request), reply))
     }
 
     fn read_current<'a>(&'a self, key: &'a ResourceKey) -> StoreFuture<'a, Option<CurrentVersion>> {

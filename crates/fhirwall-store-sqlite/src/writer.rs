@@ -1,16 +1,18 @@
 //! The single writer: it owns the write connection and commits every queued request in one
 //! transaction with one disk sync (group commit). It links audit records with the store's
-//! `AuditChain` in commit order, so the chain needs no lock. It never reads the clock: the
-//! only time it needs (to forget expired jtis) comes with the requests.
+//! `AuditChain` in commit order, so the chain needs no lock. A FHIR transaction is one request
+//! of the batch, with a savepoint of its own, so its conflict undoes only it. It never reads
+//! the clock: the only time it needs (to forget expired jtis) comes with the requests.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::thread::JoinHandle;
 
 use fhirwall_store::{
-    AuditChain, CurrentVersion, Expect, SealedAudit, StoreError, StoredVersion, WriteConflict,
-    WriteRequest,
+    AuditChain, CurrentVersion, Expect, SealedAudit, StoreError, StoredVersion,
+    TransactionConflict, TransactionRequest, WriteConflict, WriteRequest,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::oneshot;
@@ -25,6 +27,10 @@ type Head = (u64, Vec<u8>);
 
 pub(crate) enum Command {
     Write(Box<WriteRequest>, Reply<Result<u64, WriteConflict>>),
+    Transaction(
+        Box<TransactionRequest>,
+        Reply<Result<Vec<u64>, TransactionConflict>>,
+    ),
     Audit(SealedAudit, Reply<u64>),
     Jti {
         client_id: String,
@@ -133,6 +139,12 @@ enum Pending {
         Result<Result<u64, WriteConflict>, StoreError>,
         Option<CurrentVersion>,
     ),
+    /// The versions to publish are empty unless the transaction was applied.
+    Transaction(
+        Reply<Result<Vec<u64>, TransactionConflict>>,
+        Result<Result<Vec<u64>, TransactionConflict>, StoreError>,
+        Vec<CurrentVersion>,
+    ),
     Audit(Reply<u64>, Result<u64, StoreError>),
     Jti(Reply<bool>, Result<bool, StoreError>),
     SaveKey(Reply<()>, Result<(), StoreError>),
@@ -174,6 +186,12 @@ fn run(
                             }
                             drop(reply.send(result));
                         }
+                        Pending::Transaction(reply, result, committed) => {
+                            for current in &committed {
+                                cache.publish(current);
+                            }
+                            drop(reply.send(result));
+                        }
                         Pending::Audit(reply, result) => drop(reply.send(result)),
                         Pending::Jti(reply, result) => drop(reply.send(result)),
                         Pending::SaveKey(reply, result) => drop(reply.send(result)),
@@ -187,6 +205,7 @@ fn run(
                     let err = || StoreError::Backend("the commit failed".into());
                     match item {
                         Pending::Write(reply, _, _) => drop(reply.send(Err(err()))),
+                        Pending::Transaction(reply, _, _) => drop(reply.send(Err(err()))),
                         Pending::Audit(reply, _) => drop(reply.send(Err(err()))),
                         Pending::Jti(reply, _) => drop(reply.send(Err(err()))),
                         Pending::SaveKey(reply, _) => drop(reply.send(Err(err()))),
@@ -209,7 +228,9 @@ type BatchResult = Result<Vec<Pending>, (Vec<Pending>, StoreError)>;
 /// Applies a batch in one transaction. Checks (versions, guards, jti reuse) run before any
 /// insert, so an insert that fails is a real storage failure (disk full, corruption, a refused
 /// audit insert): then the whole transaction rolls back and every request in it fails, which
-/// keeps each write and its audit record together without a savepoint per request.
+/// keeps each write and its audit record together without a savepoint per request. Only a
+/// FHIR transaction of several writes takes a savepoint (see `apply_transaction`): a later
+/// write's check can fail after an earlier write's inserts.
 fn commit_batch(
     conn: &mut Connection,
     batch: Vec<Command>,
@@ -249,6 +270,17 @@ fn commit_batch(
                     _ => None,
                 };
                 pending.push(Pending::Write(reply, result, committed));
+            }
+            Command::Transaction(request, reply) => {
+                let result = apply_transaction(&tx, &request, chain, head);
+                if let Err(e) = &result {
+                    failure = Some(StoreError::Backend(e.to_string()));
+                }
+                let committed = match &result {
+                    Ok(Ok(seqs)) => committed_versions(*request, seqs),
+                    _ => Vec::new(),
+                };
+                pending.push(Pending::Transaction(reply, result, committed));
             }
             Command::Audit(record, reply) => {
                 let result = append_audit(&tx, &record, chain, head);
@@ -299,10 +331,85 @@ fn failed(command: Command) -> Pending {
     let err = || StoreError::Backend("the transaction did not start".into());
     match command {
         Command::Write(_, reply) => Pending::Write(reply, Err(err()), None),
+        Command::Transaction(_, reply) => Pending::Transaction(reply, Err(err()), Vec::new()),
         Command::Audit(_, reply) => Pending::Audit(reply, Err(err())),
         Command::Jti { reply, .. } => Pending::Jti(reply, Err(err())),
         Command::SaveKey(_, reply) => Pending::SaveKey(reply, Err(err())),
     }
+}
+
+/// Applies a FHIR transaction's writes in order, each checked against the state the earlier
+/// ones leave (they are in the database already, uncommitted), then appends the transaction's
+/// own record. The chain therefore holds, contiguously, each write's record in the order of
+/// `writes` and the transaction's record last. A conflict rolls back to the savepoint taken
+/// before the first write and restores the chain head, so only this transaction is undone and
+/// the rest of the batch commits. A storage failure leaves the savepoint to the batch's
+/// rollback, as for any request.
+fn apply_transaction(
+    tx: &Transaction<'_>,
+    request: &TransactionRequest,
+    chain: &dyn AuditChain,
+    head: &mut Head,
+) -> Result<Result<Vec<u64>, TransactionConflict>, StoreError> {
+    // With one write (or none) a conflict is found before anything is inserted, exactly as
+    // for a single write, so there is nothing to roll back.
+    let savepoint = request.writes.len() > 1;
+    if savepoint {
+        execute_cached(tx, "SAVEPOINT write_all")?;
+    }
+    let head_before = head.clone();
+    let mut seqs = Vec::with_capacity(request.writes.len());
+    for (index, write) in request.writes.iter().enumerate() {
+        match apply_write(tx, write, chain, head)? {
+            Ok(seq) => seqs.push(seq),
+            Err(conflict) => {
+                if savepoint {
+                    // ROLLBACK TO keeps the savepoint open; RELEASE then closes it, empty.
+                    execute_cached(tx, "ROLLBACK TO write_all")?;
+                    execute_cached(tx, "RELEASE write_all")?;
+                }
+                *head = head_before;
+                return Ok(Err(TransactionConflict { index, conflict }));
+            }
+        }
+    }
+    append_audit(tx, &request.audit, chain, head)?;
+    if savepoint {
+        execute_cached(tx, "RELEASE write_all")?;
+    }
+    Ok(Ok(seqs))
+}
+
+/// Savepoint statements come from the statement cache like every other statement of the
+/// writer, rather than being parsed again for each transaction.
+fn execute_cached(tx: &Transaction<'_>, sql: &str) -> Result<(), StoreError> {
+    tx.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(|_| ())
+        .map_err(store_error)
+}
+
+/// What an applied transaction makes current, for the cache: the last write of each resource
+/// only, so no reader is handed a version the transaction made current and replaced before
+/// its commit.
+fn committed_versions(request: TransactionRequest, seqs: &[u64]) -> Vec<CurrentVersion> {
+    let mut seen = HashSet::new();
+    let mut committed: Vec<CurrentVersion> = request
+        .writes
+        .into_iter()
+        .zip(seqs)
+        .rev()
+        .filter(|(write, _)| seen.insert(write.version.key.clone()))
+        .map(|(write, seq)| CurrentVersion {
+            version: StoredVersion {
+                seq: *seq,
+                ..write.version
+            },
+            pointer_tag: Some(write.pointer_tag),
+        })
+        .collect();
+    committed.reverse();
+    committed
 }
 
 fn append_audit(
@@ -439,4 +546,153 @@ fn apply_write(
     let seq = u64::try_from(seq)
         .map_err(|_| StoreError::Corrupt("a version's sequence number is negative".into()))?;
     Ok(Ok(seq))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+    use fhirwall_store::{IntegrityTag, Method, ResourceId, ResourceKey, ResourceType, TenantId};
+    use fhirwall_store_conformance::TestChain;
+
+    use super::*;
+
+    fn key(id: &str) -> ResourceKey {
+        ResourceKey {
+            tenant: TenantId::default_tenant(),
+            resource_type: ResourceType::parse("Patient").unwrap(),
+            id: ResourceId::parse(id).unwrap(),
+        }
+    }
+
+    fn record(id: &str) -> SealedAudit {
+        SealedAudit {
+            tenant: TenantId::default_tenant(),
+            record_id: id.to_string(),
+            recorded_micros: 1,
+            sealed: id.as_bytes().to_vec(),
+        }
+    }
+
+    fn write(id: &str, version: u64, expect: Expect, record_id: &str) -> WriteRequest {
+        WriteRequest {
+            version: StoredVersion {
+                key: key(id),
+                version,
+                last_updated_micros: 1,
+                method: if version == 1 {
+                    Method::Create
+                } else {
+                    Method::Update
+                },
+                sealed_body: Some(vec![1]),
+                seq: 0,
+                tag: Some(IntegrityTag([1; 32])),
+            },
+            pointer_tag: IntegrityTag([version as u8; 32]),
+            expect,
+            guard: None,
+            index_terms: vec![],
+            audit: record(record_id),
+        }
+    }
+
+    fn single(request: WriteRequest) -> Command {
+        Command::Write(Box::new(request), oneshot::channel().0)
+    }
+
+    fn transaction(writes: Vec<WriteRequest>, record_id: &str) -> Command {
+        let request = TransactionRequest {
+            writes,
+            audit: record(record_id),
+        };
+        Command::Transaction(Box::new(request), oneshot::channel().0)
+    }
+
+    /// The batch case the conformance suite cannot force: a transaction that conflicts after
+    /// its first write's inserts, between requests of the same batch, undoes only itself and
+    /// leaves the chain head where it was, so the records after it still link.
+    #[test]
+    fn a_conflicting_transaction_undoes_only_itself_within_a_batch() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for migration in crate::schema::MIGRATIONS {
+            conn.execute_batch(migration).unwrap();
+        }
+        let batch = vec![
+            single(write("x", 1, Expect::Absent, "x")),
+            transaction(
+                vec![
+                    write("t", 1, Expect::Absent, "refused-t"),
+                    write("x", 1, Expect::Absent, "refused-x"),
+                ],
+                "refused",
+            ),
+            single(write("y", 1, Expect::Absent, "y")),
+            transaction(
+                vec![
+                    write("t", 1, Expect::Absent, "t1"),
+                    write("t", 2, Expect::Current(1), "t2"),
+                ],
+                "applied",
+            ),
+        ];
+        let mut head = Head::default();
+        let Ok(pending) = commit_batch(&mut conn, batch, &TestChain, &mut head) else {
+            panic!("the batch commits");
+        };
+        let [
+            Pending::Write(_, Ok(Ok(x_seq)), Some(_)),
+            Pending::Transaction(_, Ok(Err(refused)), refused_versions),
+            Pending::Write(_, Ok(Ok(y_seq)), Some(_)),
+            Pending::Transaction(_, Ok(Ok(applied)), applied_versions),
+        ] = pending.as_slice()
+        else {
+            panic!("every request of the batch is answered in order");
+        };
+        assert_eq!(
+            refused,
+            &TransactionConflict {
+                index: 1,
+                conflict: WriteConflict::VersionMismatch { current: Some(1) }
+            }
+        );
+        assert!(refused_versions.is_empty(), "nothing refused is published");
+        assert!(x_seq < y_seq && applied.len() == 2 && y_seq < &applied[0]);
+        assert!(applied[0] < applied[1]);
+        let published: Vec<(u64, u64)> = applied_versions
+            .iter()
+            .map(|c| (c.version.version, c.version.seq))
+            .collect();
+        assert_eq!(
+            published,
+            [(2, applied[1])],
+            "only the version the transaction leaves current is published"
+        );
+
+        let records: Vec<(i64, String, Vec<u8>)> = conn
+            .prepare("SELECT seq, record_id, link FROM audit_log ORDER BY seq")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let ids: Vec<&str> = records.iter().map(|(_, id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["x", "y", "t1", "t2", "applied"]);
+        let mut previous = Vec::new();
+        for (n, (seq, id, link)) in records.iter().enumerate() {
+            assert_eq!(*seq, n as i64 + 1);
+            assert_eq!(
+                link,
+                &TestChain.link(&previous, *seq as u64, id, id.as_bytes())
+            );
+            previous = link.clone();
+        }
+        assert_eq!(head, (5, previous), "the head is the last stored record");
+        let versions: i64 = conn
+            .query_row("SELECT count(*) FROM resource_versions", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(versions, 4, "x, y, t@1, t@2: nothing of the refused one");
+    }
 }

@@ -175,6 +175,22 @@ pub enum WriteConflict {
     GuardMatched { ids: Vec<ResourceId> },
 }
 
+/// Several resource writes that commit together or not at all (a FHIR transaction), with the
+/// audit record of the whole beside each write's own.
+#[derive(Debug, Clone)]
+pub struct TransactionRequest {
+    pub writes: Vec<WriteRequest>,
+    pub audit: SealedAudit,
+}
+
+/// Why a transaction was not applied: which write (its index in `writes`) found the state it
+/// expected changed, or its guard matched. Nothing was stored, not even an audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionConflict {
+    pub index: usize,
+    pub conflict: WriteConflict,
+}
+
 /// Which history to page through, newest first.
 #[derive(Debug, Clone)]
 pub struct HistoryQuery {
@@ -246,6 +262,18 @@ pub trait AuditChain: Send + Sync + 'static {
 pub trait ResourceStore: Send + Sync {
     /// Applies a resource write and its audit record in one durable commit, or neither.
     fn write(&self, request: WriteRequest) -> StoreFuture<'_, Result<u64, WriteConflict>>;
+    /// Applies every write of a transaction, each with its audit record, and the transaction's
+    /// own record in one durable commit, or nothing. Each write's expectation and guard are
+    /// checked in order against the state the earlier writes of the same transaction leave
+    /// (so no two writes may touch one resource unless each expects the one before). A write's
+    /// version is always the one after what it expects (1 after `Absent`). The audit records
+    /// join the chain as each write's record in order, then the transaction's own, with
+    /// nothing between them. Returns each write's commit sequence number, in order. The
+    /// application bounds a transaction's size (1,000 entries).
+    fn write_all(
+        &self,
+        request: TransactionRequest,
+    ) -> StoreFuture<'_, Result<Vec<u64>, TransactionConflict>>;
     /// The current version (deleted ones included).
     fn read_current<'a>(&'a self, key: &'a ResourceKey) -> StoreFuture<'a, Option<CurrentVersion>>;
     fn read_version<'a>(

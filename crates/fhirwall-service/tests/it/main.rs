@@ -7,6 +7,7 @@
 mod support;
 
 mod auth_limits;
+mod bundles;
 mod clock;
 mod conditional;
 mod crud;

@@ -218,13 +218,13 @@ async fn create_read_update_patch_delete_and_versions() {
         404
     );
 
-    // Update after delete brings it back as a new version.
+    // Update after delete brings it back as a new version: created again, so 201.
     let r = c
         .put(&format!("Patient/{id}"), &changed)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(r.status(), 201);
     assert_eq!(r.headers()[ETAG], "W/\"6\"");
 }
 
