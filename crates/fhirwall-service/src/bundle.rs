@@ -625,7 +625,7 @@ async fn build(
 ) -> Result<Option<NewVersion>, ServiceError> {
     let interaction = &sub.request.interaction;
     if let Interaction::Create(_) = interaction {
-        let mut map = resource_body(sub, t)?;
+        let mut map = resource_body(sub, t)?.clone();
         map.insert("id".into(), Value::String(id.as_str().to_string()));
         return Ok(Some(NewVersion::after(
             None,
@@ -647,7 +647,7 @@ async fn build(
     }
     match interaction {
         Interaction::Update(..) | Interaction::ConditionalUpdate(_) => {
-            let mut map = resource_body(sub, t)?;
+            let mut map = resource_body(sub, t)?.clone();
             if matches!(interaction, Interaction::ConditionalUpdate(_)) {
                 if map
                     .get("id")

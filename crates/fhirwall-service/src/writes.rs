@@ -15,10 +15,10 @@ use crate::reads::{gone, if_match, no_such, open_version, parse_stored, render};
 use crate::{Call, Done, ErrorKind, Failed, Location, Reply, ReturnPreference, ServiceError};
 
 /// The body of a create or update: a JSON object holding one resource of the path's type.
-pub(crate) fn resource_body(
-    call: &Call<'_>,
+pub(crate) fn resource_body<'a>(
+    call: &Call<'a>,
     resource_type: &ResourceType,
-) -> Result<Map<String, Value>, ServiceError> {
+) -> Result<&'a Map<String, Value>, ServiceError> {
     match &call.request.body {
         None => Err(ServiceError::invalid(
             "empty-body",
@@ -26,7 +26,7 @@ pub(crate) fn resource_body(
         )),
         Some(Value::Object(map)) => {
             check_resource_shape(map, resource_type)?;
-            Ok(map.clone())
+            Ok(map)
         }
         Some(_) => Err(ServiceError::new(
             ErrorKind::Invalid,
@@ -316,7 +316,7 @@ pub(crate) async fn update(
     id: &ResourceId,
 ) -> Result<Done, Failed> {
     let map = resource_body(call, resource_type)?;
-    check_update_id(&map, resource_type, id)?;
+    check_update_id(map, resource_type, id)?;
     let expected = if_match(call)?;
     put_version(call, resource_type, id, expected, None, map).await
 }
@@ -328,7 +328,7 @@ async fn put_version(
     id: &ResourceId,
     expected: Option<u64>,
     guard: Option<NoMatchGuard>,
-    map: Map<String, Value>,
+    map: &Map<String, Value>,
 ) -> Result<Done, Failed> {
     let outcome = write_loop(call, resource_type, id, expected, None, |current| {
         check_create_right(call, resource_type, current)?;
@@ -502,7 +502,7 @@ pub(crate) async fn conditional_update(
         &conditional_params(call),
         CriteriaMode::Conditional,
     )?;
-    let mut map = resource_body(call, resource_type)?;
+    let mut map = resource_body(call, resource_type)?.clone();
     let body_id = map.get("id").and_then(Value::as_str).map(str::to_string);
     let matches = find(call, resource_type, &criteria, None, 2).await?;
     let expected = if_match(call)?;
@@ -526,7 +526,7 @@ pub(crate) async fn conditional_update(
             let terms = criteria.guard_terms();
             let guard = (!terms.is_empty()).then_some(NoMatchGuard { terms });
             map.insert("id".into(), Value::String(id.as_str().to_string()));
-            put_version(call, resource_type, &id, expected, guard, map).await
+            put_version(call, resource_type, &id, expected, guard, &map).await
         }
         [one] => {
             if body_id.as_deref().is_some_and(|b| b != one.key.id.as_str()) {
@@ -538,7 +538,7 @@ pub(crate) async fn conditional_update(
             }
             map.insert("id".into(), Value::String(one.key.id.as_str().to_string()));
             let expected = expected.or(Some(one.version));
-            put_version(call, resource_type, &one.key.id, expected, None, map).await
+            put_version(call, resource_type, &one.key.id, expected, None, &map).await
         }
         _ => Err(ServiceError::precondition_failed(
             "More than one resource matches the condition.",
