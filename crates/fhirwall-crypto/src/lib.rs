@@ -66,6 +66,12 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// Whether two byte strings are equal, in time that does not depend on where they differ
+/// (for comparing MACs and tags).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
 /// A keyed MAC (HMAC-SHA-256) under a key the keyring holds: used for the audit hash chain
 /// and blind indexes. Its Debug prints nothing of the key.
 #[derive(Clone)]

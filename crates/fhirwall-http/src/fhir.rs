@@ -144,12 +144,30 @@ impl EdgeCall<'_> {
             Ok(interaction) => interaction,
             Err(error) => return Err(service.refuse(&caller, None, &self.params, error).await),
         };
+        // `POST [type]/_search` carries its parameters in a form body, after the query's.
+        let mut body = Some(body);
+        let mut params = self.params.clone();
+        if *self.method == http::Method::POST && segments.last() == Some(&"_search") {
+            let form = match body.take() {
+                Some(body) => read_form(self.headers, body, &self.edge.limits).await,
+                None => Ok(Vec::new()),
+            };
+            match form {
+                Ok(pairs) => params.extend(pairs),
+                Err(error) => {
+                    return Err(service
+                        .refuse(&caller, Some(&interaction), &self.params, error)
+                        .await);
+                }
+            }
+        }
+        let params = params;
         let refused = |error: ServiceError| async {
             service
-                .refuse(&caller, Some(&interaction), &self.params, error)
+                .refuse(&caller, Some(&interaction), &params, error)
                 .await
         };
-        if self.params.len() > MAX_QUERY_PARAMS {
+        if params.len() > MAX_QUERY_PARAMS {
             return Err(refused(ServiceError::invalid(
                 "too-many-parameters",
                 format!("A request takes at most {MAX_QUERY_PARAMS} query parameters."),
@@ -160,7 +178,7 @@ impl EdgeCall<'_> {
             return Err(refused(error).await);
         }
         let mut request = Request::new(interaction.clone());
-        request.params = self.params.clone();
+        request.params = params.clone();
         request.conditions = conditions(self.headers);
         request.return_preference = return_preference(self.headers);
         request.strict_handling = negotiate::prefers_strict_handling(self.headers);
@@ -168,9 +186,12 @@ impl EdgeCall<'_> {
         if let Err(error) = service.permitted(&caller, &request) {
             return Err(refused(error).await);
         }
-        request.body = match self.read_body(&interaction, body).await {
-            Ok(body) => body,
-            Err(error) => return Err(refused(error).await),
+        request.body = match body {
+            None => None,
+            Some(body) => match self.read_body(&interaction, body).await {
+                Ok(body) => body,
+                Err(error) => return Err(refused(error).await),
+            },
         };
         let reply = service.handle(&caller, request).await?;
         Ok(self.answer(reply))
@@ -341,6 +362,34 @@ async fn read_bytes(
             }
         })?;
     Ok(collected.to_bytes())
+}
+
+/// The parameters of a form body (`POST [type]/_search`).
+async fn read_form(
+    headers: &HeaderMap,
+    body: Body,
+    limits: &crate::Limits,
+) -> Result<Vec<(String, String)>, ServiceError> {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if !is_form {
+        return Err(ServiceError::new(
+            ErrorKind::UnsupportedMediaType,
+            IssueType::NotSupported,
+            "unsupported-media-type",
+            "A search by POST takes its parameters as application/x-www-form-urlencoded.",
+        ));
+    }
+    let bytes = read_bytes(headers, body, limits).await?;
+    Ok(form_urlencoded::parse(&bytes)
+        .take(MAX_QUERY_PARAMS + 1)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect())
 }
 
 /// Parses a FHIR JSON or FHIR XML body into the JSON tree the server works on.

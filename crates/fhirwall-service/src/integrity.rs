@@ -12,11 +12,14 @@ use fhirwall_store::{ClientRecord, CurrentVersion, IntegrityTag, ResourceKey, St
 use crate::ServiceError;
 
 pub(crate) fn version_tag(key: &MacKey, version: &StoredVersion) -> IntegrityTag {
-    let body_hash = version
-        .sealed_body
-        .as_deref()
-        .map(fhirwall_crypto::sha256)
-        .unwrap_or([0; 32]);
+    // The body's own integrity is the AEAD's: its ciphertext ends in a GCM tag that no one
+    // without the data key can make for another plaintext. Binding the row to that tag (and
+    // the length) binds it to this ciphertext without hashing the whole body on every read.
+    let sealed = version.sealed_body.as_deref().unwrap_or_default();
+    let aead_tag = sealed
+        .get(sealed.len().saturating_sub(16)..)
+        .unwrap_or_default();
+    let body_binding = [&(sealed.len() as u64).to_be_bytes()[..], aead_tag].concat();
     IntegrityTag(key.mac(&[
         b"fhirwall-version/1",
         version.key.tenant.as_str().as_bytes(),
@@ -25,7 +28,7 @@ pub(crate) fn version_tag(key: &MacKey, version: &StoredVersion) -> IntegrityTag
         &version.version.to_be_bytes(),
         &version.last_updated_micros.to_be_bytes(),
         version.method.as_str().as_bytes(),
-        &body_hash,
+        &body_binding,
     ]))
 }
 
@@ -56,32 +59,26 @@ pub(crate) fn client_tag(key: &MacKey, client: &ClientRecord) -> IntegrityTag {
     ]))
 }
 
-fn same(key: &MacKey, expected: &IntegrityTag, stored: Option<&IntegrityTag>) -> bool {
-    // The comparison is constant-time; `verify` recomputes nothing, so compare via a MAC of
-    // both to keep timing independent of where they differ.
-    match stored {
-        Some(stored) => key.mac(&[b"cmp", &expected.0]) == key.mac(&[b"cmp", &stored.0]),
-        None => false,
-    }
+fn same(expected: &IntegrityTag, stored: Option<&IntegrityTag>) -> bool {
+    stored.is_some_and(|stored| fhirwall_crypto::constant_time_eq(&expected.0, &stored.0))
 }
 
 /// Whether a version row is what the server wrote.
 pub(crate) fn version_is_genuine(key: &MacKey, version: &StoredVersion) -> bool {
-    same(key, &version_tag(key, version), version.tag.as_ref())
+    same(&version_tag(key, version), version.tag.as_ref())
 }
 
 /// Whether a current pointer and its version are what the server wrote.
 pub(crate) fn current_is_genuine(key: &MacKey, current: &CurrentVersion) -> bool {
     version_is_genuine(key, &current.version)
         && same(
-            key,
             &pointer_tag(key, &current.version.key, current.version.version),
             current.pointer_tag.as_ref(),
         )
 }
 
 pub(crate) fn client_is_genuine(key: &MacKey, client: &ClientRecord) -> bool {
-    same(key, &client_tag(key, client), client.tag.as_ref())
+    same(&client_tag(key, client), client.tag.as_ref())
 }
 
 /// The refusal when stored data fails its tag: the caller learns only the correlation id;

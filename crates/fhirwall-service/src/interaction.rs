@@ -295,12 +295,9 @@ fn route(method: &str, segs: &[&str]) -> Result<Interaction, ServiceError> {
             Interaction::Validate(parse_type(t)?, Some(parse_id(id)?))
         }
         [_, "$validate"] | [_, _, "$validate"] => return Err(ServiceError::method_not_allowed()),
-        [t, "_search"] => {
-            let _ = parse_type(t)?;
-            return Err(ServiceError::not_supported(
-                "Search by POST is not supported yet; use GET.",
-            ));
-        }
+        // The edge has added the form body's parameters to the query's.
+        [t, "_search"] if method == "POST" => Interaction::SearchType(parse_type(t)?),
+        [_, "_search"] => return Err(ServiceError::method_not_allowed()),
         [t, id] => {
             let t = parse_type(t)?;
             if id.starts_with('$') {
