@@ -466,18 +466,27 @@ async fn transaction(call: &Call<'_>, raw_entries: &[Value]) -> Result<Done, Fai
         call.now,
     );
     let transaction_audit = audit::seal(service, &record, call.now)?;
+    let mut writes = Vec::with_capacity(prepared.len());
+    let mut after = Vec::with_capacity(prepared.len());
+    for (index, ready) in prepared {
+        let key = ready.request.version.key.clone();
+        let method = ready.request.version.method;
+        let (request, rest) = ready.split();
+        writes.push(request);
+        after.push((index, key, method, rest));
+    }
     let outcome = service
         .inner
         .store
         .write_all(TransactionRequest {
-            writes: prepared.iter().map(|(_, p)| p.request.clone()).collect(),
+            writes,
             audit: transaction_audit,
         })
         .await?;
     if let Err(conflict) = outcome {
-        let index = prepared
+        let index = after
             .get(conflict.index)
-            .map_or(conflict.index, |(index, _)| *index);
+            .map_or(conflict.index, |(index, ..)| *index);
         let error = match conflict.conflict {
             WriteConflict::VersionMismatch { .. } => ServiceError::new(
                 ErrorKind::Conflict,
@@ -491,14 +500,12 @@ async fn transaction(call: &Call<'_>, raw_entries: &[Value]) -> Result<Done, Fai
         };
         return Err(failed(index, error));
     }
-    for (index, ready) in prepared {
+    for (index, key, method, rest) in after {
         let (Some(entry), Some(slot)) = (entries.get(index), answers.get_mut(index)) else {
             continue;
         };
         let sub = sub_call(call, &entry.request);
-        let key = ready.request.version.key.clone();
-        let method = ready.request.version.method;
-        let written = ready.committed(service);
+        let written = rest.committed(service);
         *slot = Some(reply_entry(
             call,
             &written_reply(&sub, &key, method, &written)?,

@@ -108,7 +108,8 @@ pub(crate) async fn search(call: &Call<'_>, resource_type: &ResourceType) -> Res
     let criteria = indexer.criteria(resource_type, &call.request.params, mode)?;
     let count = page_size(call)?;
     let after = cursor(call)?;
-    let summary_count = call.param("_summary") == Some("count");
+    // `_count=0` asks for the total alone, as `_summary=count` does.
+    let summary_count = call.param("_summary") == Some("count") || count == 0;
     let limit = if summary_count {
         MAX_COUNTED
     } else {

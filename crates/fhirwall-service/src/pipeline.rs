@@ -206,7 +206,13 @@ pub(crate) struct Prepared {
     profile: Option<(ResourceId, Option<crate::profiles::PreparedProfile>)>,
 }
 
-impl Prepared {
+/// What is left of a [`Prepared`] version once its request went to the store.
+pub(crate) struct AfterCommit {
+    written: Written,
+    profile: Option<(ResourceId, Option<crate::profiles::PreparedProfile>)>,
+}
+
+impl AfterCommit {
     /// What follows a committed write: a StructureDefinition's profile goes live (or retires).
     pub fn committed(self, service: &crate::Service) -> Written {
         if let Some((id, profile)) = self.profile {
@@ -220,6 +226,19 @@ impl Prepared {
     }
 }
 
+impl Prepared {
+    /// The store's request, and what to do once it committed.
+    pub fn split(self) -> (WriteRequest, AfterCommit) {
+        (
+            self.request,
+            AfterCommit {
+                written: self.written,
+                profile: self.profile,
+            },
+        )
+    }
+}
+
 /// Validates, stamps, seals and tags a version, builds its audit record, and hands both to the
 /// store in one write. The version's `lastUpdated` and its audit record carry the request's one
 /// clock reading.
@@ -227,14 +246,9 @@ pub(crate) async fn commit(
     call: &Call<'_>,
     new: NewVersion,
 ) -> Result<Result<Written, WriteConflict>, ServiceError> {
-    let prepared = prepare(call, new)?;
-    let outcome = call
-        .service
-        .inner
-        .store
-        .write(prepared.request.clone())
-        .await?;
-    Ok(outcome.map(|_| prepared.committed(call.service)))
+    let (request, after) = prepare(call, new)?.split();
+    let outcome = call.service.inner.store.write(request).await?;
+    Ok(outcome.map(|_| after.committed(call.service)))
 }
 
 /// Everything of [`commit`] but the store write: a transaction prepares each entry, then

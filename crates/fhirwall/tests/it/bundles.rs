@@ -96,3 +96,44 @@ async fn a_transaction_with_a_bad_entry_stores_nothing_and_a_batch_keeps_the_goo
         .collect();
     assert!(codes.contains(&"transaction") && codes.contains(&"batch"));
 }
+
+#[tokio::test]
+async fn search_by_post_with_a_form_body_and_count_zero_gives_the_total() {
+    let server = Server::start().await;
+    let c = server.client("system/*.cruds").await;
+    for mrn in ["MRN-P1", "MRN-P2"] {
+        c.create(&crate::support::patient("Posted", mrn)).await;
+    }
+    let form = c
+        .http
+        .post(c.fhir("Patient/_search"))
+        .bearer_auth(&c.token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("identifier=urn%3Aoid%3A1.2.36.146.595.217.0.1%7CMRN-P1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::OK);
+    let found = json(form).await;
+    assert_eq!(found["total"], 1);
+    assert!(
+        found["link"][0]["url"]
+            .as_str()
+            .unwrap()
+            .contains("identifier="),
+        "the self link carries the form's parameters"
+    );
+    let wrong_type = c
+        .http
+        .post(c.fhir("Patient/_search"))
+        .bearer_auth(&c.token)
+        .header("content-type", "application/fhir+json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_type.status().as_u16(), 415);
+    let counted = json(c.get("Patient?_count=0").send().await.unwrap()).await;
+    assert_eq!(counted["total"], 2);
+    assert!(counted.get("entry").is_none());
+}
