@@ -29,6 +29,7 @@ mod keys;
 mod pipeline;
 mod profiles;
 mod reads;
+mod references;
 mod tokens;
 mod validate_op;
 mod writes;

@@ -1,0 +1,111 @@
+//! References between the entries of a transaction: every `reference` that names another
+//! entry by its `fullUrl` (`urn:uuid:...`, or an absolute URL) becomes that entry's `Type/id`,
+//! and every conditional reference (`Patient?identifier=...`) becomes the one resource its
+//! criteria match. An unresolvable one fails the transaction; nothing else is touched.
+
+use std::collections::HashMap;
+
+use fhirwall_model::ResourceType;
+use serde_json::Value;
+
+use crate::bundles::find;
+use crate::indexing::CriteriaMode;
+use crate::writes::indexer;
+use crate::{Call, ServiceError};
+
+/// Rewrites every `reference` in `body` that names another entry (by its `fullUrl`) or is a
+/// conditional reference (`Type?criteria`, resolved to the one resource that matches).
+pub(crate) async fn resolve_references(
+    call: &Call<'_>,
+    body: &mut Value,
+    names: &HashMap<String, String>,
+) -> Result<(), ServiceError> {
+    let mut wanted = Vec::new();
+    collect_references(body, &mut wanted);
+    let mut resolved: HashMap<String, String> = HashMap::new();
+    for reference in wanted {
+        if resolved.contains_key(&reference) {
+            continue;
+        }
+        if let Some(name) = names.get(&reference) {
+            resolved.insert(reference, name.clone());
+            continue;
+        }
+        if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
+            return Err(ServiceError::invalid(
+                "unresolved-reference",
+                "A reference names a urn: that is no entry's fullUrl in this transaction.",
+            ));
+        }
+        if let Some((type_name, query)) = reference.split_once('?')
+            && !type_name.contains('/')
+        {
+            let t = ResourceType::parse(type_name).map_err(|_| {
+                ServiceError::invalid(
+                    "invalid-reference",
+                    "A conditional reference must start with a resource type.",
+                )
+            })?;
+            let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let criteria = indexer(call)?.criteria(&t, &params, CriteriaMode::Conditional)?;
+            let found = find(call, &t, &criteria, None, 2).await?;
+            match found.as_slice() {
+                [one] => {
+                    resolved.insert(reference, one.key.reference());
+                }
+                [] => {
+                    return Err(ServiceError::precondition_failed(
+                        "A conditional reference matches no resource.",
+                    ));
+                }
+                _ => {
+                    return Err(ServiceError::precondition_failed(
+                        "A conditional reference matches more than one resource.",
+                    ));
+                }
+            }
+        }
+    }
+    if !resolved.is_empty() {
+        rewrite_references(body, &resolved);
+    }
+    Ok(())
+}
+
+fn collect_references(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                match (key.as_str(), child) {
+                    ("reference", Value::String(reference)) => out.push(reference.clone()),
+                    _ => collect_references(child, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| collect_references(item, out)),
+        _ => {}
+    }
+}
+
+fn rewrite_references(value: &mut Value, resolved: &HashMap<String, String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                match (key.as_str(), &*child) {
+                    ("reference", Value::String(reference)) => {
+                        if let Some(name) = resolved.get(reference) {
+                            *child = Value::String(name.clone());
+                        }
+                    }
+                    _ => rewrite_references(child, resolved),
+                }
+            }
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|item| rewrite_references(item, resolved)),
+        _ => {}
+    }
+}
