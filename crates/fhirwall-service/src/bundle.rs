@@ -17,13 +17,12 @@ use fhirwall_store::{Method, ResourceKey, StoredVersion, TransactionRequest, Wri
 use serde_json::{Map, Value, json};
 
 use crate::audit::{self, AuditDetail};
-use crate::bundles::find;
 use crate::indexing::CriteriaMode;
 use crate::pipeline::{NewVersion, Prepared, Written, prepare};
 use crate::reads::{current_version, gone, if_match, no_such, open_version, parse_stored};
 use crate::writes::{
-    check_create_right, check_update_id, conditional_params, indexer, location, patched,
-    resource_body,
+    check_create_right, check_update_id, conditional_params, indexer, location, match_condition,
+    new_server_id, patched, query_criteria, resource_body, unmatched_update_id,
 };
 use crate::{
     Call, Conditions, Done, ErrorKind, Failed, Interaction, Reply, Request, ReturnPreference,
@@ -546,28 +545,18 @@ fn sub_call<'a>(call: &'a Call<'_>, request: &'a Request) -> Call<'a> {
 
 /// Which resource an entry writes, resolving conditional creates, updates and deletes.
 async fn identify(sub: &Call<'_>, entry: &Entry) -> Result<Plan, ServiceError> {
-    let new_id = || {
-        ResourceId::parse(&uuid::Uuid::now_v7().to_string()).map_err(|_| ServiceError::internal())
-    };
     match &entry.request.interaction {
         Interaction::Create(t) => {
             let Some(condition) = &entry.request.conditions.if_none_exist else {
-                return Ok(Plan::Write(t.clone(), new_id()?));
+                return Ok(Plan::Write(t.clone(), new_server_id()?));
             };
-            let condition = condition
-                .split_once('?')
-                .map_or(condition.as_str(), |(_, q)| q);
-            let params: Vec<(String, String)> = form_urlencoded::parse(condition.as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            let criteria = indexer(sub)?.criteria(t, &params, CriteriaMode::Conditional)?;
-            match find(sub, t, &criteria, None, 2).await?.as_slice() {
-                [] => Ok(Plan::Write(t.clone(), new_id()?)),
-                [one] => Ok(Plan::Exists(one.clone())),
-                _ => Err(ServiceError::precondition_failed(
-                    "More than one resource matches ifNoneExist.",
-                )),
-            }
+            let criteria = query_criteria(sub, t, condition)?;
+            Ok(
+                match match_condition(sub, t, &criteria, "ifNoneExist").await? {
+                    None => Plan::Write(t.clone(), new_server_id()?),
+                    Some(one) => Plan::Exists(one),
+                },
+            )
         }
         Interaction::Update(t, id) | Interaction::Patch(t, id) | Interaction::Delete(t, id) => {
             Ok(Plan::Write(t.clone(), id.clone()))
@@ -575,50 +564,24 @@ async fn identify(sub: &Call<'_>, entry: &Entry) -> Result<Plan, ServiceError> {
         Interaction::ConditionalUpdate(t) => {
             let criteria =
                 indexer(sub)?.criteria(t, &conditional_params(sub), CriteriaMode::Conditional)?;
-            match find(sub, t, &criteria, None, 2).await?.as_slice() {
-                [] => {
-                    let body_id = entry
-                        .request
-                        .body
-                        .as_ref()
-                        .and_then(|b| text(b, "id"))
-                        .map(ResourceId::parse)
-                        .transpose()
-                        .map_err(|_| {
-                            ServiceError::invalid(
-                                "invalid-id",
-                                "The body's id is not a valid FHIR id.",
-                            )
-                        })?;
-                    let id = match (&criteria.id, body_id) {
-                        (Some(cid), Some(bid)) if *cid != bid => {
-                            return Err(ServiceError::invalid(
-                                "id-mismatch",
-                                "The body's id does not match the _id criterion.",
-                            ));
-                        }
-                        (Some(cid), _) => cid.clone(),
-                        (None, Some(bid)) => bid,
-                        (None, None) => new_id()?,
-                    };
-                    Ok(Plan::Write(t.clone(), id))
+            let id = match match_condition(sub, t, &criteria, "the condition").await? {
+                Some(one) => one.key.id,
+                None => {
+                    let body_id = entry.request.body.as_ref().and_then(|b| text(b, "id"));
+                    unmatched_update_id(&criteria, body_id)?
                 }
-                [one] => Ok(Plan::Write(t.clone(), one.key.id.clone())),
-                _ => Err(ServiceError::precondition_failed(
-                    "More than one resource matches the condition.",
-                )),
-            }
+            };
+            Ok(Plan::Write(t.clone(), id))
         }
         Interaction::ConditionalDelete(t) => {
             let criteria =
                 indexer(sub)?.criteria(t, &conditional_params(sub), CriteriaMode::Conditional)?;
-            match find(sub, t, &criteria, None, 2).await?.as_slice() {
-                [] => Ok(Plan::Nothing),
-                [one] => Ok(Plan::Write(t.clone(), one.key.id.clone())),
-                _ => Err(ServiceError::precondition_failed(
-                    "More than one resource matches the condition.",
-                )),
-            }
+            Ok(
+                match match_condition(sub, t, &criteria, "the condition").await? {
+                    None => Plan::Nothing,
+                    Some(one) => Plan::Write(t.clone(), one.key.id),
+                },
+            )
         }
         _ => Ok(Plan::Read),
     }

@@ -8,9 +8,7 @@ use std::collections::HashMap;
 use fhirwall_model::ResourceType;
 use serde_json::Value;
 
-use crate::bundles::find;
-use crate::indexing::CriteriaMode;
-use crate::writes::indexer;
+use crate::writes::{match_condition, query_criteria};
 use crate::{Call, ServiceError};
 
 /// Rewrites every `reference` in `body` that names another entry (by its `fullUrl`) or is a
@@ -46,23 +44,14 @@ pub(crate) async fn resolve_references(
                     "A conditional reference must start with a resource type.",
                 )
             })?;
-            let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            let criteria = indexer(call)?.criteria(&t, &params, CriteriaMode::Conditional)?;
-            let found = find(call, &t, &criteria, None, 2).await?;
-            match found.as_slice() {
-                [one] => {
+            let criteria = query_criteria(call, &t, query)?;
+            match match_condition(call, &t, &criteria, "a conditional reference").await? {
+                Some(one) => {
                     resolved.insert(reference, one.key.reference());
                 }
-                [] => {
+                None => {
                     return Err(ServiceError::precondition_failed(
                         "A conditional reference matches no resource.",
-                    ));
-                }
-                _ => {
-                    return Err(ServiceError::precondition_failed(
-                        "A conditional reference matches more than one resource.",
                     ));
                 }
             }

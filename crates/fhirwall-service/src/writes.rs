@@ -169,37 +169,77 @@ fn written_reply(
     }
 }
 
+/// A fresh server-assigned id (UUIDv7: time-ordered, so new rows land at the end of indexes).
+pub(crate) fn new_server_id() -> Result<ResourceId, ServiceError> {
+    ResourceId::parse(&uuid::Uuid::now_v7().to_string()).map_err(|_| ServiceError::internal())
+}
+
+/// The criteria of a condition written as a query (`If-None-Exist`, `ifNoneExist`, the part
+/// after `Type?` of a conditional reference), with or without the `Type?` before it.
+pub(crate) fn query_criteria(
+    call: &Call<'_>,
+    resource_type: &ResourceType,
+    query: &str,
+) -> Result<crate::indexing::Criteria, ServiceError> {
+    let query = query.split_once('?').map_or(query, |(_, q)| q);
+    let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    indexer(call)?.criteria(resource_type, &params, CriteriaMode::Conditional)
+}
+
+/// What a condition matches: nothing or one resource; more than one is a 412 (`many` says
+/// what matched too often).
+pub(crate) async fn match_condition(
+    call: &Call<'_>,
+    resource_type: &ResourceType,
+    criteria: &crate::indexing::Criteria,
+    many: &str,
+) -> Result<Option<StoredVersion>, ServiceError> {
+    let mut found = find(call, resource_type, criteria, None, 2).await?;
+    match found.len() {
+        0 | 1 => Ok(found.pop()),
+        _ => Err(ServiceError::precondition_failed(format!(
+            "More than one resource matches {many}."
+        ))),
+    }
+}
+
+/// The id a conditional update writes when its condition matched nothing: the `_id`
+/// criterion, else the body's id, else a new one; the two must agree when both are given.
+pub(crate) fn unmatched_update_id(
+    criteria: &crate::indexing::Criteria,
+    body_id: Option<&str>,
+) -> Result<ResourceId, ServiceError> {
+    match (&criteria.id, body_id) {
+        (Some(cid), Some(bid)) if cid.as_str() != bid => Err(ServiceError::invalid(
+            "id-mismatch",
+            "The body's id does not match the _id criterion.",
+        )),
+        (Some(cid), _) => Ok(cid.clone()),
+        (None, Some(bid)) => ResourceId::parse(bid).map_err(|_| {
+            ServiceError::invalid("invalid-id", "The body's id is not a valid FHIR id.")
+        }),
+        (None, None) => new_server_id(),
+    }
+}
+
 pub(crate) async fn create(call: &Call<'_>, resource_type: &ResourceType) -> Result<Done, Failed> {
     let map = resource_body(call, resource_type)?;
     let mut guard = None;
     if let Some(condition) = &call.request.conditions.if_none_exist {
-        let condition = condition
-            .split_once('?')
-            .map_or(condition.as_str(), |(_, q)| q);
-        let params: Vec<(String, String)> = form_urlencoded::parse(condition.as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        let criteria =
-            indexer(call)?.criteria(resource_type, &params, CriteriaMode::Conditional)?;
-        let matches = find(call, resource_type, &criteria, None, 2).await?;
-        match matches.as_slice() {
-            [] => {}
-            [existing] => {
-                // Nothing is written, but an invalid body is still the client's error to hear
-                // about, whether or not a match exists.
-                call.service.inner.profiles.check_write(
-                    &Value::Object(map.clone()),
-                    false,
-                    call.now,
-                )?;
-                return existing_match(call, resource_type, existing);
-            }
-            _ => {
-                return Err(ServiceError::precondition_failed(
-                    "More than one resource matches If-None-Exist.",
-                )
-                .into());
-            }
+        let criteria = query_criteria(call, resource_type, condition)?;
+        if let Some(existing) =
+            match_condition(call, resource_type, &criteria, "If-None-Exist").await?
+        {
+            // Nothing is written, but an invalid body is still the client's error to hear
+            // about, whether or not a match exists.
+            call.service.inner.profiles.check_write(
+                &Value::Object(map.clone()),
+                false,
+                call.now,
+            )?;
+            return existing_match(call, resource_type, &existing);
         }
         // A create always gets a new server id, so an `_id` criterion that matched nothing
         // stays unmatched; identifier criteria are re-checked at commit time by the guard.
@@ -208,8 +248,7 @@ pub(crate) async fn create(call: &Call<'_>, resource_type: &ResourceType) -> Res
             guard = Some(NoMatchGuard { terms });
         }
     }
-    let id = ResourceId::parse(&uuid::Uuid::now_v7().to_string())
-        .map_err(|_| ServiceError::internal())?;
+    let id = new_server_id()?;
     let outcome = write_loop(call, resource_type, &id, None, Some(None), |current| {
         if current.is_some() {
             // A fresh UUIDv7 is never taken; if it were, this is our defect.
@@ -504,31 +543,17 @@ pub(crate) async fn conditional_update(
     )?;
     let mut map = resource_body(call, resource_type)?.clone();
     let body_id = map.get("id").and_then(Value::as_str).map(str::to_string);
-    let matches = find(call, resource_type, &criteria, None, 2).await?;
+    let matched = match_condition(call, resource_type, &criteria, "the condition").await?;
     let expected = if_match(call)?;
-    match matches.as_slice() {
-        [] => {
-            let id = match (&criteria.id, &body_id) {
-                (Some(cid), Some(bid)) if cid.as_str() != bid => {
-                    return Err(ServiceError::invalid(
-                        "id-mismatch",
-                        "The body's id does not match the _id criterion.",
-                    )
-                    .into());
-                }
-                (Some(cid), _) => cid.clone(),
-                (None, Some(bid)) => {
-                    ResourceId::parse(bid).map_err(|_| ServiceError::internal())?
-                }
-                (None, None) => ResourceId::parse(&uuid::Uuid::now_v7().to_string())
-                    .map_err(|_| ServiceError::internal())?,
-            };
+    match matched {
+        None => {
+            let id = unmatched_update_id(&criteria, body_id.as_deref())?;
             let terms = criteria.guard_terms();
             let guard = (!terms.is_empty()).then_some(NoMatchGuard { terms });
             map.insert("id".into(), Value::String(id.as_str().to_string()));
             put_version(call, resource_type, &id, expected, guard, &map).await
         }
-        [one] => {
+        Some(one) => {
             if body_id.as_deref().is_some_and(|b| b != one.key.id.as_str()) {
                 return Err(ServiceError::invalid(
                     "id-mismatch",
@@ -540,10 +565,6 @@ pub(crate) async fn conditional_update(
             let expected = expected.or(Some(one.version));
             put_version(call, resource_type, &one.key.id, expected, None, &map).await
         }
-        _ => Err(ServiceError::precondition_failed(
-            "More than one resource matches the condition.",
-        )
-        .into()),
     }
 }
 
@@ -556,13 +577,8 @@ pub(crate) async fn conditional_delete(
         &conditional_params(call),
         CriteriaMode::Conditional,
     )?;
-    let matches = find(call, resource_type, &criteria, None, 2).await?;
-    match matches.as_slice() {
-        [] => Ok(Done::audited(Reply::status(204), AuditDetail::default())),
-        [one] => delete(call, resource_type, &one.key.id.clone(), Some(one.clone())).await,
-        _ => Err(ServiceError::precondition_failed(
-            "More than one resource matches the condition.",
-        )
-        .into()),
+    match match_condition(call, resource_type, &criteria, "the condition").await? {
+        None => Ok(Done::audited(Reply::status(204), AuditDetail::default())),
+        Some(one) => delete(call, resource_type, &one.key.id.clone(), Some(one)).await,
     }
 }
