@@ -44,6 +44,16 @@ pub(crate) async fn resolve_references(
                     "A conditional reference must start with a resource type.",
                 )
             })?;
+            // Resolving is a search: whether it matches tells what the server holds, so it
+            // takes the right to search that type.
+            if !call
+                .caller
+                .may(t.as_str(), fhirwall_auth::Interaction::Search)
+            {
+                return Err(ServiceError::forbidden(format!(
+                    "A conditional reference searches {t}, which the access token's scopes do not allow."
+                )));
+            }
             let criteria = query_criteria(call, &t, query)?;
             match match_condition(call, &t, &criteria, "a conditional reference").await? {
                 Some(one) => {

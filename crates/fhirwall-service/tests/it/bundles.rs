@@ -379,3 +379,45 @@ async fn bundles_that_are_not_batches_or_transactions_are_refused() {
         .unwrap_err();
     assert_eq!(error.kind, ErrorKind::TooLarge);
 }
+
+#[tokio::test]
+async fn a_conditional_reference_needs_the_right_to_search_its_type() {
+    let app = App::new().await;
+    app.create_patient("MRN-T7").await;
+    // May create Observations, may not search Patients: resolving the reference would tell
+    // whether a Patient with this identifier exists.
+    let observer = caller("system/Observation.c");
+    let error = app
+        .handle(
+            &observer,
+            bundle(
+                "transaction",
+                vec![post(
+                    "urn:uuid:o",
+                    observation("Patient?identifier=urn:mrn|MRN-T7"),
+                )],
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Forbidden);
+    assert_eq!(count(&app, "Observation").await, 0);
+    let allowed = caller("system/Observation.c system/Patient.s");
+    let reply = app
+        .handle(
+            &allowed,
+            bundle(
+                "transaction",
+                vec![post(
+                    "urn:uuid:o",
+                    observation("Patient?identifier=urn:mrn|MRN-T7"),
+                )],
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        body(&reply)["entry"][0]["response"]["status"],
+        "201 Created"
+    );
+}
