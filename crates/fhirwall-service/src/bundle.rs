@@ -545,7 +545,19 @@ fn sub_call<'a>(call: &'a Call<'_>, request: &'a Request) -> Call<'a> {
 
 /// Which resource an entry writes, resolving conditional creates, updates and deletes.
 async fn identify(sub: &Call<'_>, entry: &Entry) -> Result<Plan, ServiceError> {
-    match &entry.request.interaction {
+    let interaction = &entry.request.interaction;
+    // The audit trail is written by the server only, inside a transaction as outside one.
+    if interaction.resource_type().map(ResourceType::as_str) == Some("AuditEvent")
+        && interaction.action().writes()
+    {
+        return Err(ServiceError::new(
+            ErrorKind::MethodNotAllowed,
+            IssueType::NotSupported,
+            "audit-read-only",
+            "AuditEvent resources are written by the server only; they can be read and searched.",
+        ));
+    }
+    match interaction {
         Interaction::Create(t) => {
             let Some(condition) = &entry.request.conditions.if_none_exist else {
                 return Ok(Plan::Write(t.clone(), new_server_id()?));

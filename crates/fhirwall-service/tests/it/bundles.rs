@@ -421,3 +421,32 @@ async fn a_conditional_reference_needs_the_right_to_search_its_type() {
         "201 Created"
     );
 }
+
+#[tokio::test]
+async fn a_transaction_cannot_write_the_audit_trail() {
+    let app = App::new().await;
+    let everything = caller("system/*.cruds system/AuditEvent.cruds");
+    let event = json!({"resourceType": "AuditEvent", "type": {"code": "rest"},
+        "recorded": "2026-01-01T00:00:00Z", "agent": [{"requestor": true}],
+        "source": {"observer": {"display": "forged"}}});
+    let error = app
+        .handle(
+            &everything,
+            bundle("transaction", vec![post("urn:uuid:e", event.clone())]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::MethodNotAllowed);
+    let reply = app
+        .handle(
+            &everything,
+            bundle("batch", vec![post("urn:uuid:e", event)]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        body(&reply)["entry"][0]["response"]["status"],
+        "405 Method Not Allowed"
+    );
+    assert_eq!(app.version_count().await, 0);
+}
