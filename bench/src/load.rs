@@ -32,6 +32,9 @@ pub enum Op {
     ReadPatientXml,
     /// Creates: one Patient, then `n` Observations about pool patients, and again.
     Mixed(u64),
+    /// POST /fhir with a transaction Bundle of `n` entries: one new Patient (`urn:uuid`
+    /// fullUrl) and `n - 1` Observations whose subject is that `urn:uuid`.
+    Transaction(u64),
     /// GET / on the hello-world ceiling server.
     Hello,
 }
@@ -44,6 +47,7 @@ impl Op {
             Op::ReadPatient => "read-patient".into(),
             Op::ReadPatientXml => "read-patient-xml".into(),
             Op::Mixed(n) => format!("create-mixed(1:{n})"),
+            Op::Transaction(n) => format!("transaction-{n}"),
             Op::Hello => "hello-tls (ceiling)".into(),
         }
     }
@@ -55,9 +59,15 @@ impl Op {
             "read-patient" => Op::ReadPatient,
             "read-patient-xml" => Op::ReadPatientXml,
             "hello" => Op::Hello,
-            other => bail!(
-                "unknown op {other:?}: expected create-patient, create-observation, read-patient, read-patient-xml or hello"
-            ),
+            other => match other
+                .strip_prefix("transaction-")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                Some(n) if (1..=1000).contains(&n) => Op::Transaction(n),
+                _ => bail!(
+                    "unknown op {other:?}: expected create-patient, create-observation, read-patient, read-patient-xml, transaction-N (N entries, 1 to 1000) or hello"
+                ),
+            },
         })
     }
 
@@ -66,7 +76,7 @@ impl Op {
         match self {
             Op::CreateObservation | Op::ReadPatient | Op::ReadPatientXml => true,
             Op::Mixed(n) => *n > 0,
-            Op::CreatePatient | Op::Hello => false,
+            Op::CreatePatient | Op::Transaction(_) | Op::Hello => false,
         }
     }
 }
@@ -151,6 +161,30 @@ impl Workload {
         self.create("/fhir/Observation", self.observations.body(seq, subject))
     }
 
+    /// A transaction Bundle of `n` entries: a Patient and Observations about it by `urn:uuid`.
+    fn transaction(&self, seq: u64, n: u64) -> Result<Vec<u8>> {
+        let patient_urn = format!("urn:uuid:00000000-0000-4000-8000-{seq:012}");
+        let mut entries = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+        let patient: serde_json::Value = serde_json::from_slice(&self.patients.body(seq))?;
+        entries.push(serde_json::json!({
+            "fullUrl": patient_urn, "resource": patient,
+            "request": {"method": "POST", "url": "Patient"},
+        }));
+        for i in 1..n {
+            let body = self.observations.body(seq * 1000 + i, "__SUBJECT__");
+            let text = String::from_utf8_lossy(&body).replace("Patient/__SUBJECT__", &patient_urn);
+            let observation: serde_json::Value = serde_json::from_str(&text)?;
+            entries.push(serde_json::json!({
+                "fullUrl": format!("urn:uuid:00000000-0000-4000-9000-{:012}", seq * 1000 + i),
+                "resource": observation,
+                "request": {"method": "POST", "url": "Observation"},
+            }));
+        }
+        Ok(serde_json::to_vec(&serde_json::json!({
+            "resourceType": "Bundle", "type": "transaction", "entry": entries,
+        }))?)
+    }
+
     /// Request number `seq` and the status that counts as success.
     fn request(&self, seq: u64) -> Result<(Request<Full<Bytes>>, StatusCode)> {
         match self.op {
@@ -162,6 +196,16 @@ impl Workload {
                 } else {
                     self.create_observation(seq)
                 }
+            }
+            Op::Transaction(n) => {
+                let req = request(
+                    Method::POST,
+                    Uri::from_static("/fhir"),
+                    self.token.as_ref().map(|t| t.get()),
+                    Some(fhir_json()),
+                    Bytes::from(self.transaction(seq, n)?),
+                )?;
+                Ok((req, StatusCode::OK))
             }
             Op::ReadPatient | Op::ReadPatientXml => {
                 let path = self
