@@ -181,6 +181,7 @@ impl EdgeCall<'_> {
         request.params = params.clone();
         request.conditions = conditions(self.headers);
         request.return_preference = return_preference(self.headers);
+        request.return_stated = negotiate::states_return_preference(self.headers);
         request.strict_handling = negotiate::prefers_strict_handling(self.headers);
         // The caller's scopes are checked before its body is read.
         if let Err(error) = service.permitted(&caller, &request) {

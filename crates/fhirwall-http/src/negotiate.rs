@@ -223,6 +223,16 @@ pub(crate) fn return_preference(headers: &HeaderMap) -> ReturnPreference {
     ReturnPreference::Representation
 }
 
+/// Whether the client stated `Prefer: return=` at all.
+pub(crate) fn states_return_preference(headers: &HeaderMap) -> bool {
+    headers.get_all("prefer").iter().any(|value| {
+        value.to_str().is_ok_and(|v| {
+            v.split([',', ';'])
+                .any(|part| part.trim().to_ascii_lowercase().starts_with("return="))
+        })
+    })
+}
+
 /// `Prefer: handling=strict`: refuse unsupported search parameters instead of ignoring them.
 pub(crate) fn prefers_strict_handling(headers: &HeaderMap) -> bool {
     headers.get_all("prefer").iter().any(|value| {

@@ -166,7 +166,12 @@ fn parse_entry(call: &Call<'_>, index: usize, entry: &Value) -> Result<Entry, Se
     let mut sub = Request::new(interaction);
     sub.params = params;
     sub.conditions = conditions;
-    sub.return_preference = call.request.return_preference;
+    sub.return_preference = if call.request.return_stated {
+        call.request.return_preference
+    } else {
+        ReturnPreference::Minimal
+    };
+    sub.return_stated = true;
     sub.strict_handling = call.request.strict_handling;
     sub.body = body;
     Ok(Entry {

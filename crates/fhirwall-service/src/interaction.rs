@@ -160,6 +160,10 @@ pub struct Request {
     pub params: Vec<(String, String)>,
     pub conditions: Conditions,
     pub return_preference: ReturnPreference,
+    /// Whether the client stated `Prefer: return=` at all. A transaction or batch answers
+    /// each entry with its resource only when asked to (the response alone otherwise), since
+    /// a large Bundle would otherwise come back whole.
+    pub return_stated: bool,
     /// `Prefer: handling=strict`: an unsupported search parameter is an error, not ignored.
     pub strict_handling: bool,
     /// The body as FHIR JSON (a resource, a JSON Patch document, or `$validate`'s input).
@@ -173,6 +177,7 @@ impl Request {
             params: Vec::new(),
             conditions: Conditions::default(),
             return_preference: ReturnPreference::default(),
+            return_stated: false,
             strict_handling: false,
             body: None,
         }

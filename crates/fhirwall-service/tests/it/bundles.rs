@@ -7,7 +7,16 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
+/// A Bundle request whose client asks for the entries' resources back
+/// (`Prefer: return=representation`).
 fn bundle(kind: &str, entries: Vec<Value>) -> Request {
+    let mut request = unstated_bundle(kind, entries);
+    request.return_stated = true;
+    request
+}
+
+/// A Bundle request that states no return preference.
+fn unstated_bundle(kind: &str, entries: Vec<Value>) -> Request {
     Request::new(Interaction::Bundle).with_body(json!({
         "resourceType": "Bundle",
         "type": kind,
@@ -449,4 +458,23 @@ async fn a_transaction_cannot_write_the_audit_trail() {
         "405 Method Not Allowed"
     );
     assert_eq!(app.version_count().await, 0);
+}
+
+#[tokio::test]
+async fn without_a_return_preference_entries_answer_with_their_response_alone() {
+    let app = App::new().await;
+    let reply = app
+        .handle(
+            &admin(),
+            unstated_bundle(
+                "transaction",
+                vec![post("urn:uuid:q", patient_body("MRN-T8"))],
+            ),
+        )
+        .await
+        .unwrap();
+    let entry = &body(&reply)["entry"][0];
+    assert_eq!(entry["response"]["status"], "201 Created");
+    assert!(entry["response"]["location"].is_string());
+    assert!(entry.get("resource").is_none(), "{entry}");
 }

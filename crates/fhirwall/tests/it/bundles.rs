@@ -18,7 +18,12 @@ async fn a_generated_transaction_bundle_loads_unchanged_and_reads_back() {
     let c = server.client("system/*.cruds").await;
     let bundle = fixture();
     let entries = bundle["entry"].as_array().unwrap().len();
-    let r = c.post("", &bundle).send().await.unwrap();
+    let r = c
+        .post("", &bundle)
+        .header("prefer", "return=representation")
+        .send()
+        .await
+        .unwrap();
     let status = r.status();
     let answer = json(r).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
