@@ -71,7 +71,10 @@ fn router(state: Edge) -> Router {
 
 /// The size of a request's head as HTTP/1.1 writes it: request line and header lines.
 fn head_bytes(request: &Request) -> usize {
-    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let uri = request.uri();
+    let target = uri.authority().map_or(0, |a| a.as_str().len() + 8)
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = request.method().as_str().len() + target + 12;
     request.headers().iter().fold(line, |sum, (name, value)| {
         sum + name.as_str().len() + value.len() + 4
     })

@@ -213,7 +213,7 @@ async fn verify_tenant(
     let empty = HashSet::new();
     let audited = audited.unwrap_or(&empty);
     let mut seen: HashSet<String> = HashSet::new();
-    let mut newest: HashMap<(String, String), (ResourceKey, u64)> = HashMap::new();
+    let mut newest: HashMap<ResourceKey, u64> = HashMap::new();
     let mut before = None;
     loop {
         let versions = store
@@ -238,15 +238,8 @@ async fn verify_tenant(
             if !audited.contains(&reference) {
                 return Ok(Some(Verification::Unaudited { reference }));
             }
-            let slot = newest
-                .entry((
-                    version.key.resource_type.as_str().to_string(),
-                    version.key.id.as_str().to_string(),
-                ))
-                .or_insert_with(|| (version.key.clone(), version.version));
-            if version.version > slot.1 {
-                slot.1 = version.version;
-            }
+            let slot = newest.entry(version.key.clone()).or_insert(version.version);
+            *slot = (*slot).max(version.version);
             seen.insert(reference);
         }
     }
@@ -262,7 +255,7 @@ async fn verify_tenant(
         blind: &blind,
         tenant,
     };
-    for (resource, version) in newest.values() {
+    for (resource, version) in &newest {
         let current = store.read_current(resource).await?;
         let genuine = current.as_ref().is_some_and(|c| {
             integrity::current_is_genuine(&key, c) && c.version.version == *version

@@ -17,11 +17,10 @@ use fhirwall_store::{Method, ResourceKey, StoredVersion, TransactionRequest, Wri
 use serde_json::{Map, Value, json};
 
 use crate::audit::{self, AuditDetail};
-use crate::indexing::CriteriaMode;
 use crate::pipeline::{NewVersion, Prepared, Written, prepare};
 use crate::reads::{current_version, gone, if_match, no_such, open_version, parse_stored};
 use crate::writes::{
-    check_create_right, check_update_id, conditional_params, indexer, location, match_condition,
+    check_create_right, check_update_id, conditional_criteria, location, match_condition,
     new_server_id, patched, query_criteria, resource_body, unmatched_update_id,
 };
 use crate::{
@@ -579,8 +578,7 @@ async fn identify(sub: &Call<'_>, entry: &Entry) -> Result<Plan, ServiceError> {
             Ok(Plan::Write(t.clone(), id.clone()))
         }
         Interaction::ConditionalUpdate(t) => {
-            let criteria =
-                indexer(sub)?.criteria(t, &conditional_params(sub), CriteriaMode::Conditional)?;
+            let criteria = conditional_criteria(sub, t)?;
             let id = match match_condition(sub, t, &criteria, "the condition").await? {
                 Some(one) => one.key.id,
                 None => {
@@ -591,8 +589,7 @@ async fn identify(sub: &Call<'_>, entry: &Entry) -> Result<Plan, ServiceError> {
             Ok(Plan::Write(t.clone(), id))
         }
         Interaction::ConditionalDelete(t) => {
-            let criteria =
-                indexer(sub)?.criteria(t, &conditional_params(sub), CriteriaMode::Conditional)?;
+            let criteria = conditional_criteria(sub, t)?;
             Ok(
                 match match_condition(sub, t, &criteria, "the condition").await? {
                     None => Plan::Nothing,

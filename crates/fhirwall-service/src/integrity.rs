@@ -19,7 +19,6 @@ pub(crate) fn version_tag(key: &MacKey, version: &StoredVersion) -> IntegrityTag
     let aead_tag = sealed
         .get(sealed.len().saturating_sub(16)..)
         .unwrap_or_default();
-    let body_binding = [&(sealed.len() as u64).to_be_bytes()[..], aead_tag].concat();
     IntegrityTag(key.mac(&[
         b"fhirwall-version/1",
         version.key.tenant.as_str().as_bytes(),
@@ -28,7 +27,8 @@ pub(crate) fn version_tag(key: &MacKey, version: &StoredVersion) -> IntegrityTag
         &version.version.to_be_bytes(),
         &version.last_updated_micros.to_be_bytes(),
         version.method.as_str().as_bytes(),
-        &body_binding,
+        &(sealed.len() as u64).to_be_bytes(),
+        aead_tag,
     ]))
 }
 

@@ -383,29 +383,30 @@ impl Service {
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         });
         let now_unix = now.unix_seconds();
-        let mut result = match token {
+        let verified = match token {
             None => Err(("missing-token", None)),
             Some(token) => self
                 .verify_cached(token, now_unix)
                 .map_err(|code| (code, Some("invalid_token"))),
         };
-        if let Ok(claims) = &result {
-            match TenantId::parse(&claims.tenant) {
-                Err(_) => result = Err(("bad-tenant", Some("invalid_token"))),
+        let accepted = match verified {
+            Err(failure) => Err(failure),
+            Ok(claims) => match TenantId::parse(&claims.tenant) {
+                Err(_) => Err(("bad-tenant", Some("invalid_token"))),
                 Ok(tenant) => {
-                    if !self
+                    if self
                         .client_still_registered(&tenant, &claims.client_id, now_unix)
                         .await?
                     {
-                        result = Err(("client-removed", Some("invalid_token")));
+                        Ok((tenant, claims))
+                    } else {
+                        Err(("client-removed", Some("invalid_token")))
                     }
                 }
-            }
-        }
-        let (code, bearer_error) = match result {
-            Ok(claims) => {
-                let tenant =
-                    TenantId::parse(&claims.tenant).map_err(|_| ServiceError::internal())?;
+            },
+        };
+        let (code, bearer_error) = match accepted {
+            Ok((tenant, claims)) => {
                 return Ok(Caller {
                     requester: who.clone(),
                     tenant,

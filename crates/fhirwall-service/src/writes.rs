@@ -522,25 +522,26 @@ pub(crate) fn check_update_id(
     }
 }
 
-/// A conditional interaction's criteria are its parameters, minus the answer's format.
-pub(crate) fn conditional_params(call: &Call<'_>) -> Vec<(String, String)> {
-    call.request
+/// A conditional update's or delete's criteria: its parameters, minus the answer's format.
+pub(crate) fn conditional_criteria(
+    call: &Call<'_>,
+    resource_type: &ResourceType,
+) -> Result<crate::indexing::Criteria, ServiceError> {
+    let params: Vec<(String, String)> = call
+        .request
         .params
         .iter()
         .filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty"))
         .cloned()
-        .collect()
+        .collect();
+    indexer(call)?.criteria(resource_type, &params, CriteriaMode::Conditional)
 }
 
 pub(crate) async fn conditional_update(
     call: &Call<'_>,
     resource_type: &ResourceType,
 ) -> Result<Done, Failed> {
-    let criteria = indexer(call)?.criteria(
-        resource_type,
-        &conditional_params(call),
-        CriteriaMode::Conditional,
-    )?;
+    let criteria = conditional_criteria(call, resource_type)?;
     let mut map = resource_body(call, resource_type)?.clone();
     let body_id = map.get("id").and_then(Value::as_str).map(str::to_string);
     let matched = match_condition(call, resource_type, &criteria, "the condition").await?;
@@ -572,11 +573,7 @@ pub(crate) async fn conditional_delete(
     call: &Call<'_>,
     resource_type: &ResourceType,
 ) -> Result<Done, Failed> {
-    let criteria = indexer(call)?.criteria(
-        resource_type,
-        &conditional_params(call),
-        CriteriaMode::Conditional,
-    )?;
+    let criteria = conditional_criteria(call, resource_type)?;
     match match_condition(call, resource_type, &criteria, "the condition").await? {
         None => Ok(Done::audited(Reply::status(204), AuditDetail::default())),
         Some(one) => delete(call, resource_type, &one.key.id.clone(), Some(one)).await,
