@@ -35,9 +35,54 @@ pub enum Op {
     /// POST /fhir with a transaction Bundle of `n` entries: one new Patient (`urn:uuid`
     /// fullUrl) and `n - 1` Observations whose subject is that `urn:uuid`.
     Transaction(u64),
+    /// A search (GET, 200 with a searchset Bundle) over the pool and its Observations.
+    Search(SearchOp),
     /// GET / on the hello-world ceiling server.
     Hello,
 }
+
+/// The searches the harness times. The pool's Patients have 12 family names and each pool
+/// patient has Observations of six vital signs over 2025 (`--observations-per-pool-patient`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchOp {
+    /// `Patient?family=F&_count=20`: a string prefix on a name (about 1/12 of the Patients).
+    PatientFamily,
+    /// `Observation?subject=Patient/ID`: a reference, one pool patient's Observations.
+    ObservationSubject,
+    /// `Observation?code=http://loinc.org|8867-4&date=ge2025-06-01&_count=20`: a token and a
+    /// date range together.
+    ObservationCodeDate,
+    /// `Observation?subject=Patient/ID&_include=Observation:subject`: a reference with the
+    /// Patient included.
+    ObservationInclude,
+    /// `Observation?subject.family=F&code=...|8867-4&_count=20`: a chain into Patient.
+    ObservationChain,
+    /// `Patient?_has:Observation:subject:code=...|8867-4&family=F&_count=20`: reverse chaining.
+    PatientHas,
+}
+
+impl SearchOp {
+    const ALL: [(SearchOp, &'static str); 6] = [
+        (SearchOp::PatientFamily, "search-family"),
+        (SearchOp::ObservationSubject, "search-subject"),
+        (SearchOp::ObservationCodeDate, "search-code-date"),
+        (SearchOp::ObservationInclude, "search-include"),
+        (SearchOp::ObservationChain, "search-chain"),
+        (SearchOp::PatientHas, "search-has"),
+    ];
+
+    fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(op, _)| *op == self)
+            .map_or("search", |(_, name)| name)
+    }
+}
+
+/// Family names the pool's Patients have (`payloads::FAMILY`).
+const FAMILIES: &[&str] = crate::payloads::FAMILY;
+/// Heart rate: the first vital sign of the payloads.
+const HEART_RATE: &str = "http://loinc.org%7C8867-4";
 
 impl Op {
     pub fn name(&self) -> String {
@@ -48,6 +93,7 @@ impl Op {
             Op::ReadPatientXml => "read-patient-xml".into(),
             Op::Mixed(n) => format!("create-mixed(1:{n})"),
             Op::Transaction(n) => format!("transaction-{n}"),
+            Op::Search(search) => search.name().into(),
             Op::Hello => "hello-tls (ceiling)".into(),
         }
     }
@@ -59,6 +105,16 @@ impl Op {
             "read-patient" => Op::ReadPatient,
             "read-patient-xml" => Op::ReadPatientXml,
             "hello" => Op::Hello,
+            other if other.starts_with("search-") => SearchOp::ALL
+                .iter()
+                .find(|(_, name)| *name == other)
+                .map(|(op, _)| Op::Search(*op))
+                .with_context(|| {
+                    format!(
+                        "unknown search op {other:?}: expected one of {}",
+                        SearchOp::ALL.map(|(_, n)| n).join(", ")
+                    )
+                })?,
             other => match other
                 .strip_prefix("transaction-")
                 .and_then(|n| n.parse::<u64>().ok())
@@ -74,10 +130,15 @@ impl Op {
     /// Whether the op needs patients created beforehand.
     pub fn needs_pool(&self) -> bool {
         match self {
-            Op::CreateObservation | Op::ReadPatient | Op::ReadPatientXml => true,
+            Op::CreateObservation | Op::ReadPatient | Op::ReadPatientXml | Op::Search(_) => true,
             Op::Mixed(n) => *n > 0,
             Op::CreatePatient | Op::Transaction(_) | Op::Hello => false,
         }
+    }
+
+    /// Whether the op needs Observations about the pool created beforehand.
+    pub fn needs_observations(&self) -> bool {
+        matches!(self, Op::Search(s) if *s != SearchOp::PatientFamily)
     }
 }
 
@@ -185,6 +246,35 @@ impl Workload {
         }))?)
     }
 
+    /// The path and query of search number `seq`.
+    pub fn search_path(&self, search: SearchOp, seq: u64) -> String {
+        let family = FAMILIES
+            .get(usize::try_from(seq % FAMILIES.len() as u64).unwrap_or(0))
+            .copied()
+            .unwrap_or("Shaw");
+        let patient = self
+            .pool
+            .get(self.pool_index(seq))
+            .map(String::as_str)
+            .unwrap_or("none");
+        match search {
+            SearchOp::PatientFamily => format!("/fhir/Patient?family={family}&_count=20"),
+            SearchOp::ObservationSubject => format!("/fhir/Observation?subject=Patient/{patient}"),
+            SearchOp::ObservationCodeDate => {
+                format!("/fhir/Observation?code={HEART_RATE}&date=ge2025-06-01&_count=20")
+            }
+            SearchOp::ObservationInclude => {
+                format!("/fhir/Observation?subject=Patient/{patient}&_include=Observation:subject")
+            }
+            SearchOp::ObservationChain => format!(
+                "/fhir/Observation?subject:Patient.family={family}&code={HEART_RATE}&_count=20"
+            ),
+            SearchOp::PatientHas => format!(
+                "/fhir/Patient?_has:Observation:subject:code={HEART_RATE}&family={family}&_count=20"
+            ),
+        }
+    }
+
     /// Request number `seq` and the status that counts as success.
     fn request(&self, seq: u64) -> Result<(Request<Full<Bytes>>, StatusCode)> {
         match self.op {
@@ -226,6 +316,16 @@ impl Workload {
                         http::HeaderValue::from_static("application/fhir+xml"),
                     );
                 }
+                Ok((req, StatusCode::OK))
+            }
+            Op::Search(search) => {
+                let req = request(
+                    Method::GET,
+                    Uri::try_from(self.search_path(search, seq))?,
+                    self.token.as_ref().map(|t| t.get()),
+                    None,
+                    Bytes::new(),
+                )?;
                 Ok((req, StatusCode::OK))
             }
             Op::Hello => {

@@ -83,7 +83,9 @@ struct RunArgs {
     server: ServerArgs,
     #[command(flatten)]
     load: LoadArgs,
-    /// Ops, comma separated: create-patient, create-observation, read-patient, read-patient-xml.
+    /// Ops, comma separated: create-patient, create-observation, read-patient, read-patient-xml,
+    /// transaction-N, search-family, search-subject, search-code-date, search-include,
+    /// search-chain, search-has.
     #[arg(
         long,
         value_delimiter = ',',
@@ -93,6 +95,9 @@ struct RunArgs {
     /// Patients created before the rows, read by read-patient and referenced by Observations.
     #[arg(long, default_value_t = 1000)]
     pool_size: u64,
+    /// Observations created about each pool patient before search rows that read them.
+    #[arg(long, default_value_t = 10)]
+    observations_per_pool_patient: u64,
     /// Skip the hello-world TLS ceiling rows.
     #[arg(long)]
     no_ceiling: bool,
@@ -359,6 +364,95 @@ async fn create_pool(
     Ok(Arc::new(result.ids))
 }
 
+/// Observations about the pool's patients, for the searches to find.
+async fn create_observations(
+    session: &Session,
+    patients: &Arc<Patients>,
+    observations: &Arc<Observations>,
+    seq: &Arc<AtomicU64>,
+    pool: &Arc<Vec<String>>,
+    count: u64,
+) -> Result<()> {
+    let work = Arc::new(Workload::new(
+        Op::CreateObservation,
+        session.target.clone(),
+        Some(session.token.clone()),
+        patients.clone(),
+        observations.clone(),
+        pool.clone(),
+        seq.clone(),
+    )?);
+    let result = run_phase(work, 64, Until::Count(count), false, None).await?;
+    println!(
+        "pool:     {} observations created in {:.1} s ({:.0}/s, {} errors)",
+        result.summary.requests,
+        result.elapsed.as_secs_f64(),
+        result.summary.requests as f64 / result.elapsed.as_secs_f64().max(1e-9),
+        result.summary.errors
+    );
+    print_errors("observations", &result.summary);
+    Ok(())
+}
+
+/// One request of a search op, to show what a row's answers hold (a search that finds
+/// nothing would be fast for the wrong reason).
+async fn probe_search(
+    session: &Session,
+    patients: &Arc<Patients>,
+    observations: &Arc<Observations>,
+    seq: &Arc<AtomicU64>,
+    pool: &Arc<Vec<String>>,
+    search: fhirwall_bench::load::SearchOp,
+) -> Result<()> {
+    let work = Workload::new(
+        Op::Search(search),
+        session.target.clone(),
+        Some(session.token.clone()),
+        patients.clone(),
+        observations.clone(),
+        pool.clone(),
+        seq.clone(),
+    )?;
+    let path = work.search_path(search, 1);
+    let mut conn = session.target.connect().await?;
+    let req = fhirwall_bench::client::request(
+        http::Method::GET,
+        http::Uri::try_from(path.as_str())?,
+        Some(session.token.get()),
+        None,
+        bytes::Bytes::new(),
+    )?;
+    let reply = conn.send(req).await?;
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+    let entries = body.get("entry").and_then(|e| e.as_array());
+    let matches = entries.map_or(0, |e| {
+        e.iter()
+            .filter(|e| e.pointer("/search/mode").and_then(|m| m.as_str()) == Some("match"))
+            .count()
+    });
+    let entries = entries.map_or(0, Vec::len);
+    println!(
+        "probe:    {} -> {} ({} entries, {} matches{}) {}",
+        Op::Search(search).name(),
+        reply.status,
+        entries,
+        matches,
+        body.get("total")
+            .and_then(|t| t.as_u64())
+            .map(|t| format!(", total {t}"))
+            .unwrap_or_default(),
+        path
+    );
+    if !reply.status.is_success() || matches == 0 {
+        bail!(
+            "the probe of {} found nothing: {}",
+            Op::Search(search).name(),
+            reply.body_snippet(300)
+        );
+    }
+    Ok(())
+}
+
 fn print_errors(label: &str, summary: &Summary) {
     if summary.error_kinds.is_empty() {
         return;
@@ -465,6 +559,22 @@ async fn cmd_run(args: RunArgs) -> Result<()> {
     } else {
         Arc::new(Vec::new())
     };
+    if ops.iter().any(Op::needs_observations) {
+        create_observations(
+            &session,
+            &patients,
+            &observations,
+            &seq,
+            &pool,
+            pool.len() as u64 * args.observations_per_pool_patient,
+        )
+        .await?;
+    }
+    for op in &ops {
+        if let Op::Search(search) = op {
+            probe_search(&session, &patients, &observations, &seq, &pool, *search).await?;
+        }
+    }
 
     println!();
     println!("{}", table_header());

@@ -111,7 +111,8 @@ const GIVEN_MALE: &[&str] = &[
     "James", "Luis", "Kwame", "Noah", "Wei", "Omar", "Mateo", "Ethan", "Ravi", "Daniel",
 ];
 const MIDDLE: &[&str] = &["V.", "Lee", "Marie", "Ann", "J.", "Ray", "Rose", "Alan"];
-const FAMILY: &[&str] = &[
+/// The family names of the Patients (the searches of the harness use them).
+pub const FAMILY: &[&str] = &[
     "Shaw",
     "Garcia",
     "Okafor",

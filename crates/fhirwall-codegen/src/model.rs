@@ -44,6 +44,8 @@ pub struct SearchParam {
     pub comparators: Vec<String>,
     pub url: String,
     pub experimental: bool,
+    /// `component`: for composite parameters, (definition url, expression) of each part.
+    pub components: Vec<(String, String)>,
 }
 
 /// Everything the emitter needs.
@@ -202,12 +204,33 @@ fn search_params(package: &Package) -> Result<Vec<SearchParam>> {
             comparators: string_list(sp, "comparator", file)?,
             url: field("url")?,
             experimental: sp.get("experimental").and_then(Value::as_bool) == Some(true),
+            components: components(sp, file)?,
         };
         if let Some(previous) = by_url.insert(param.url.clone(), param) {
             bail!("two SearchParameters share the url {}", previous.url);
         }
     }
     Ok(by_url.into_values().collect())
+}
+
+/// The `component` list of a composite SearchParameter: (definition, expression) pairs.
+fn components(sp: &Value, file: &str) -> Result<Vec<(String, String)>> {
+    let Some(list) = sp.get("component") else {
+        return Ok(Vec::new());
+    };
+    let Some(items) = list.as_array() else {
+        bail!("{file}: component is not an array");
+    };
+    items
+        .iter()
+        .map(|item| {
+            let definition = str_field(item, "definition")
+                .with_context(|| format!("{file}: a component has no definition"))?;
+            let expression = str_field(item, "expression")
+                .with_context(|| format!("{file}: a component has no expression"))?;
+            Ok((definition.to_owned(), expression.to_owned()))
+        })
+        .collect()
 }
 
 /// Fills `patient_compartment_params` / `_paths` from `CompartmentDefinition-patient.json`.

@@ -59,12 +59,19 @@ pub enum AadContext<'a> {
         tenant: &'a str,
         record_id: &'a str,
     },
+    /// A search paging cursor handed to one client: opening it under another client's id fails.
+    Cursor {
+        tenant: &'a str,
+        client_id: &'a str,
+    },
 }
 
 impl AadContext<'_> {
     fn tenant(&self) -> &str {
         match self {
-            AadContext::Resource { tenant, .. } | AadContext::Audit { tenant, .. } => tenant,
+            AadContext::Resource { tenant, .. }
+            | AadContext::Audit { tenant, .. }
+            | AadContext::Cursor { tenant, .. } => tenant,
         }
     }
 
@@ -91,6 +98,11 @@ impl AadContext<'_> {
                 push(b"audit/1");
                 push(tenant.as_bytes());
                 push(record_id.as_bytes());
+            }
+            AadContext::Cursor { tenant, client_id } => {
+                push(b"cursor/1");
+                push(tenant.as_bytes());
+                push(client_id.as_bytes());
             }
         }
         out

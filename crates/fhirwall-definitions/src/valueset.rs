@@ -25,6 +25,18 @@ pub struct ValueSetCodes {
 }
 
 impl ValueSetCodes {
+    /// Every (system, code) the expansion holds.
+    pub fn codes(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.codes
+            .iter()
+            .flat_map(|(system, codes)| codes.iter().map(move |c| (system.as_str(), c.as_str())))
+    }
+
+    /// Whether part of the value set could not be expanded.
+    pub fn is_incomplete(&self) -> bool {
+        self.incomplete || !self.open_systems.is_empty()
+    }
+
     /// Reads the generated form `{url, include: [{system, code: [...]}], openSystems, incomplete}`.
     pub fn from_generated(value: &Value) -> Option<Self> {
         let url = value.get("url")?.as_str()?.to_owned();

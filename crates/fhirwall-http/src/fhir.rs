@@ -215,9 +215,27 @@ impl EdgeCall<'_> {
                 Ok(Some(parse_body(&bytes, format, limits)?))
             }
             Interaction::Patch(..) => {
-                negotiate::check_content_type(self.headers, true)?;
+                let format = negotiate::check_content_type(self.headers, true)?;
                 let bytes = read_bytes(self.headers, body, limits).await?;
-                Ok(Some(parse_body(&bytes, Format::Json, limits)?))
+                let doc = parse_body(&bytes, format, limits)?;
+                // The media type says which patch it is; a body of the other kind is refused
+                // rather than read as the wrong one.
+                let json_patch = negotiate::is_json_patch(self.headers);
+                let fhirpath_patch =
+                    doc.get("resourceType").and_then(Value::as_str) == Some("Parameters");
+                if json_patch && !doc.is_array() {
+                    return Err(ServiceError::invalid(
+                        "invalid-patch",
+                        "An application/json-patch+json body is a JSON Patch document: an array of operations.",
+                    ));
+                }
+                if !json_patch && !fhirpath_patch {
+                    return Err(ServiceError::invalid(
+                        "invalid-patch",
+                        "A PATCH in FHIR JSON or XML is a FHIRPath Patch: a Parameters resource (send a JSON Patch as application/json-patch+json).",
+                    ));
+                }
+                Ok(Some(doc))
             }
             Interaction::Validate(..) if *self.method == http::Method::POST => {
                 let bytes = read_bytes(self.headers, body, limits).await?;

@@ -164,19 +164,27 @@ pub(crate) fn default_to_body_format(
     }
 }
 
-/// The body of a write must be FHIR JSON or FHIR XML (or, for PATCH, a JSON Patch). 415
-/// otherwise. Returns the body's format.
+/// Whether the request body is a JSON Patch document (by its media type).
+pub(crate) fn is_json_patch(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(media_type)
+        .is_some_and(|mime| mime == "application/json-patch+json")
+}
+
+/// The body of a write must be FHIR JSON or FHIR XML (for PATCH also a JSON Patch; a PATCH in
+/// FHIR JSON or XML is a FHIRPath Patch). 415 otherwise. Returns the body's format.
 pub(crate) fn check_content_type(headers: &HeaderMap, patch: bool) -> Result<Format, ServiceError> {
     let mime = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(media_type)
         .unwrap_or_default();
-    if patch {
-        if mime == "application/json-patch+json" {
-            return Ok(Format::Json);
-        }
-    } else if matches!(
+    if patch && mime == "application/json-patch+json" {
+        return Ok(Format::Json);
+    }
+    if matches!(
         mime.as_str(),
         "application/fhir+json" | "application/json" | "application/json+fhir"
     ) {
@@ -188,7 +196,7 @@ pub(crate) fn check_content_type(headers: &HeaderMap, patch: bool) -> Result<For
         return Ok(Format::Xml);
     }
     let expected = if patch {
-        "application/json-patch+json"
+        "application/json-patch+json (JSON Patch), or application/fhir+json or application/fhir+xml (a FHIRPath Patch Parameters resource)"
     } else {
         "application/fhir+json or application/fhir+xml"
     };
@@ -338,8 +346,26 @@ mod tests {
             Some(Format::Json)
         );
         assert!(check_content_type(&headers("content-type", "text/plain"), false).is_err());
+        // A PATCH in FHIR JSON or XML is a FHIRPath Patch; JSON Patch has its own type.
+        assert_eq!(
+            check_content_type(&headers("content-type", "application/fhir+xml"), true).ok(),
+            Some(Format::Xml)
+        );
+        assert_eq!(
+            check_content_type(
+                &headers("content-type", "application/json-patch+json"),
+                true
+            )
+            .ok(),
+            Some(Format::Json)
+        );
+        assert!(check_content_type(&headers("content-type", "text/plain"), true).is_err());
         assert!(
-            check_content_type(&headers("content-type", "application/fhir+xml"), true).is_err()
+            check_content_type(
+                &headers("content-type", "application/json-patch+json"),
+                false
+            )
+            .is_err()
         );
     }
 

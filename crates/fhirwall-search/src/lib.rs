@@ -8,7 +8,10 @@
 //! superset of the matches (never missing one); when [`Criterion::plan_is_exact`] is false the
 //! service confirms every candidate with [`Criterion::matches`] on the decrypted resource.
 
-use serde_json::Value;
+mod engine;
+mod values;
+
+pub use engine::{Criterion, SearchIndex};
 
 /// What extraction needs to know about the server.
 #[derive(Debug, Clone, Copy)]
@@ -104,23 +107,12 @@ pub enum QueryError {
     Invalid(String),
 }
 
-/// A parsed search criterion on one resource type. All of a query's criteria must hold (AND);
-/// within one, the comma-separated values are alternatives (OR).
-#[derive(Debug, Clone)]
-pub struct Criterion {
-    inner: CriterionInner,
-}
-
-#[derive(Debug, Clone)]
-enum CriterionInner {
-    Placeholder,
-}
-
 /// A criterion the service must resolve across types before it can plan this one.
 #[derive(Debug, Clone)]
 pub enum Link<'c> {
-    /// `param.chain`: the resources of `target_types` that `inner` selects; this criterion
-    /// holds for resources whose `param` refers to one of them ([`SearchIndex::reference_keys`]).
+    /// `param.chain`: the resources of `target_types` that `inner` selects (ask
+    /// [`Criterion::for_type`] for each type's form); this criterion holds for resources whose
+    /// `param` refers to one of them ([`SearchIndex::reference_keys`]).
     Chain {
         param: &'c str,
         target_types: &'c [String],
@@ -137,36 +129,6 @@ pub enum Link<'c> {
     List { list_id: &'c str },
 }
 
-impl Criterion {
-    /// The parameter name as the client wrote it (with modifier and chain), for reports.
-    pub fn name(&self) -> &str {
-        match &self.inner {
-            CriterionInner::Placeholder => "",
-        }
-    }
-
-    /// For chained and `_has` criteria, what the service must resolve first; None otherwise.
-    pub fn link(&self) -> Option<Link<'_>> {
-        None
-    }
-
-    /// A superset of the matches, as index keys. For a link, the plan of the outer criterion
-    /// comes from the service (reference keys or ids); this returns `Everything`.
-    pub fn plan(&self) -> Plan {
-        Plan::Everything
-    }
-
-    /// Whether every candidate of [`Criterion::plan`] matches (no confirmation needed).
-    pub fn plan_is_exact(&self) -> bool {
-        false
-    }
-
-    /// The exact test on a resource of the criterion's type. Links are not decided here.
-    pub fn matches(&self, _index: &SearchIndex, _resource: &Value, _ctx: &Context<'_>) -> bool {
-        false
-    }
-}
-
 /// A value a resource sorts by.
 #[derive(Debug, Clone, PartialEq, PartialOrd)]
 pub enum SortKey {
@@ -175,81 +137,4 @@ pub enum SortKey {
     Instant(i64),
     /// The normalised string (or token code, or reference).
     Text(String),
-}
-
-/// The search parameters of every resource type, with their compiled expressions.
-#[derive(Debug)]
-pub struct SearchIndex {}
-
-impl SearchIndex {
-    /// The parameters of the core package (built once, shared).
-    pub fn core() -> &'static SearchIndex {
-        static CORE: std::sync::OnceLock<SearchIndex> = std::sync::OnceLock::new();
-        CORE.get_or_init(|| SearchIndex {})
-    }
-
-    /// A new index: this one plus SearchParameter resources registered at run time (each one
-    /// checked: a known type, bases that exist, an expression that parses, no clash with a
-    /// core parameter of the same name on the same base).
-    pub fn with_custom(&self, _search_parameters: &[Value]) -> Result<SearchIndex, QueryError> {
-        Ok(SearchIndex {})
-    }
-
-    /// The parameters a type supports, for the CapabilityStatement (common ones included).
-    pub fn params(&self, _resource_type: &str) -> Vec<ParamInfo> {
-        Vec::new()
-    }
-
-    /// Every index key of a resource: sorted, without duplicates.
-    pub fn keys(&self, _resource_type: &str, _resource: &Value, _ctx: &Context<'_>) -> Vec<Key> {
-        Vec::new()
-    }
-
-    /// Parses one query parameter (`name[:modifier][.chain]=value[,value]`, the raw name and the
-    /// raw, already percent-decoded value).
-    pub fn parse(
-        &self,
-        _resource_type: &str,
-        name: &str,
-        _value: &str,
-    ) -> Result<Criterion, QueryError> {
-        Err(QueryError::UnknownParameter(name.to_string()))
-    }
-
-    /// The keys under which resources of `resource_type` whose reference parameter `param`
-    /// points to `target_type/target_id` are indexed (exact: a posting means a match).
-    pub fn reference_keys(
-        &self,
-        _resource_type: &str,
-        _param: &str,
-        _target_type: &str,
-        _target_id: &str,
-    ) -> Vec<Key> {
-        Vec::new()
-    }
-
-    /// The local resources a resource refers to through reference parameter `param` (`*` for
-    /// all of its reference parameters), as (type, id); `target_type` keeps only that type.
-    pub fn references(
-        &self,
-        _resource_type: &str,
-        _param: &str,
-        _target_type: Option<&str>,
-        _resource: &Value,
-        _ctx: &Context<'_>,
-    ) -> Result<Vec<(String, String)>, QueryError> {
-        Ok(Vec::new())
-    }
-
-    /// The value a resource sorts by on `param`: the lowest for ascending, the highest for
-    /// descending; None when it has none (those sort last).
-    pub fn sort_key(
-        &self,
-        _resource_type: &str,
-        _param: &str,
-        _descending: bool,
-        _resource: &Value,
-    ) -> Result<Option<SortKey>, QueryError> {
-        Ok(None)
-    }
 }

@@ -251,9 +251,14 @@ async fn verify_tenant(
     let blind = envelope
         .blind_indexer(tenant.as_str())
         .ok_or(AdminError::MissingKeys)?;
+    // The core parameters; references to this server are stored relative, so the index
+    // does not depend on the address the server was reached by.
+    let search = fhirwall_search::SearchIndex::core();
     let indexer = Indexer {
         blind: &blind,
         tenant,
+        search,
+        base_url: "",
     };
     for (resource, version) in &newest {
         let current = store.read_current(resource).await?;
@@ -296,13 +301,17 @@ async fn check_searchable(
     current: &StoredVersion,
 ) -> Result<Option<&'static str>, AdminError> {
     let key = &current.key;
-    let query = |clauses: Vec<Vec<fhirwall_store::IndexTerm>>| CurrentQuery {
-        tenant: key.tenant.clone(),
-        resource_type: key.resource_type.clone(),
-        id: Some(key.id.clone()),
-        clauses,
-        after_seq: None,
-        limit: 1,
+    let query = |terms: Vec<Vec<fhirwall_store::IndexTerm>>| {
+        let mut clauses = vec![fhirwall_store::Clause::Ids(vec![key.id.clone()])];
+        clauses.extend(terms.into_iter().map(fhirwall_store::Clause::Terms));
+        CurrentQuery {
+            tenant: key.tenant.clone(),
+            resource_type: key.resource_type.clone(),
+            clauses,
+            after_seq: None,
+            up_to_seq: None,
+            limit: 1,
+        }
     };
     let by_id = store.find_current(query(Vec::new())).await?;
     if current.is_deleted() {

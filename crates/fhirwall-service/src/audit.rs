@@ -72,7 +72,10 @@ impl AuditDetail {
         if self.entities.is_empty() {
             self.entities = request.entities.clone();
         }
-        self.params = request.params.clone();
+        // A search paged by a cursor records the query the cursor carries, not the cursor.
+        if self.params.is_empty() {
+            self.params = request.params.clone();
+        }
         self
     }
 }

@@ -181,17 +181,20 @@ fn parse_entry(call: &Call<'_>, index: usize, entry: &Value) -> Result<Entry, Se
     })
 }
 
-/// A PATCH entry carries its JSON Patch as a Binary resource (the specification's way to put a
-/// non-FHIR body in a Bundle).
+/// A PATCH entry carries a FHIRPath Patch as its Parameters resource, or a JSON Patch as a
+/// Binary resource (the specification's way to put a non-FHIR body in a Bundle).
 fn patch_document(entry: &Value, index: usize) -> Result<Value, ServiceError> {
     let invalid = || {
         ServiceError::invalid(
             "invalid-patch",
-            "A PATCH entry carries a Binary resource with contentType application/json-patch+json and the patch in data.",
+            "A PATCH entry carries a Parameters resource (FHIRPath Patch), or a Binary resource with contentType application/json-patch+json and the patch in data.",
         )
         .with_expression(format!("Bundle.entry[{index}].resource"))
     };
     let resource = entry.get("resource").ok_or_else(invalid)?;
+    if text(resource, "resourceType") == Some("Parameters") {
+        return Ok(resource.clone());
+    }
     if text(resource, "resourceType") != Some("Binary")
         || text(resource, "contentType") != Some("application/json-patch+json")
     {
@@ -397,6 +400,16 @@ async fn transaction(call: &Call<'_>, raw_entries: &[Value]) -> Result<Done, Fai
     order.sort_by_key(|&i| entries.get(i).map_or(3, |e| phase(&e.method)));
     let mut prepared: Vec<(usize, Prepared)> = Vec::new();
     let mut answers: Vec<Option<Value>> = vec![None; entries.len()];
+    let mut pending = crate::pipeline::Pending::default();
+    for (entry, plan) in entries.iter().zip(&plans) {
+        if let Plan::Write(t, id) = plan {
+            if entry.method == "DELETE" {
+                pending.deleted.insert((t.clone(), id.clone()));
+            } else {
+                pending.written.insert((t.clone(), id.clone()));
+            }
+        }
+    }
     for &index in &order {
         let (Some(entry), Some(plan)) = (entries.get(index), plans.get(index)) else {
             continue;
@@ -406,7 +419,15 @@ async fn transaction(call: &Call<'_>, raw_entries: &[Value]) -> Result<Done, Fai
             Plan::Write(t, id) => {
                 match build(&sub, t, id).await.map_err(|e| failed(index, e))? {
                     Some(new) => {
+                        let references = new
+                            .body
+                            .as_ref()
+                            .map(crate::pipeline::local_references)
+                            .unwrap_or_default();
                         let ready = prepare(&sub, new).map_err(|e| failed(index, e))?;
+                        crate::pipeline::check_references(&sub, &references, &pending)
+                            .await
+                            .map_err(|e| failed(index, e))?;
                         prepared.push((index, ready));
                     }
                     // Deleting what is absent changes nothing.

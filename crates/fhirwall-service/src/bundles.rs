@@ -1,50 +1,16 @@
-//! Search and history: the matching current versions (through the indexing module's plan) or
-//! the versions of a resource, a type or the system, as Bundles with paging links. A search
-//! parameter the server does not support is left out of the self link and reported in an
-//! OperationOutcome entry (or refused with `Prefer: handling=strict`); nothing is accepted and
-//! then silently not applied.
+//! History: the versions of a resource, a type or the system, newest first, as Bundles with
+//! paging links. (Search lives in `search.rs`.)
 
-use fhirwall_model::{IssueType, OperationOutcome, ResourceId, ResourceType, Timestamp};
-use fhirwall_store::{HistoryQuery, Method, StoredVersion};
+use fhirwall_model::{ResourceId, ResourceType, Timestamp};
+use fhirwall_store::{HistoryQuery, Method};
 use serde_json::{Value, json};
 
 use crate::audit::AuditDetail;
-use crate::indexing::{Criteria, CriteriaMode, Indexer};
 use crate::reads::{check_version, current_version, no_such, open_version, parse_stored, render};
 use crate::{Call, Done, Failed, Reply, ServiceError};
 
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 1000;
-/// `_summary=count` counts at most this many matches.
-const MAX_COUNTED: usize = 10_000;
-
-/// Current resources matching the criteria (up to `limit`), in commit order. Each match is
-/// confirmed through its current pointer and the pointer's integrity tag (a read the store
-/// answers from its cache): a pointer moved back to an older version, or to a live version
-/// over a deletion, is refused, not served.
-pub(crate) async fn find(
-    call: &Call<'_>,
-    resource_type: &ResourceType,
-    criteria: &Criteria,
-    after_seq: Option<u64>,
-    limit: usize,
-) -> Result<Vec<StoredVersion>, ServiceError> {
-    let plan = criteria.plan(call.tenant(), resource_type, after_seq, limit);
-    let rows = call.service.inner.store.find_current(plan).await?;
-    let mut found = Vec::with_capacity(rows.len());
-    for row in rows {
-        check_version(call, &row)?;
-        let confirmed = current_version(call, resource_type, &row.key.id).await?;
-        match confirmed {
-            Some(current) if current.version == row.version => found.push(row),
-            // Changed since the plan ran (a concurrent write or delete): the newer state
-            // decides on the next search.
-            Some(current) if current.version > row.version => {}
-            _ => return Err(crate::integrity::tampered("search match", row.seq)),
-        }
-    }
-    Ok(found)
-}
 
 fn page_size(call: &Call<'_>) -> Result<usize, ServiceError> {
     match call.param("_count") {
@@ -90,107 +56,6 @@ fn bundle_reply(bundle: &Value) -> Result<Reply, ServiceError> {
         200,
         serde_json::to_vec(bundle).map_err(|_| ServiceError::internal())?,
     ))
-}
-
-pub(crate) async fn search(call: &Call<'_>, resource_type: &ResourceType) -> Result<Done, Failed> {
-    // FHIR's default is to ignore search parameters the server does not support (and say so);
-    // `Prefer: handling=strict` asks for an error instead.
-    let mode = if call.request.strict_handling {
-        CriteriaMode::StrictSearch
-    } else {
-        CriteriaMode::LenientSearch
-    };
-    let keys = call.service.tenant_keys(call.tenant())?;
-    let indexer = Indexer {
-        blind: &keys.blind,
-        tenant: call.tenant(),
-    };
-    let criteria = indexer.criteria(resource_type, &call.request.params, mode)?;
-    let count = page_size(call)?;
-    let after = cursor(call)?;
-    // `_count=0` asks for the total alone, as `_summary=count` does.
-    let summary_count = call.param("_summary") == Some("count") || count == 0;
-    let limit = if summary_count {
-        MAX_COUNTED
-    } else {
-        count + 1
-    };
-    let mut rows = find(call, resource_type, &criteria, after, limit).await?;
-    let path = format!("/{resource_type}");
-    let mut bundle = serde_json::Map::new();
-    bundle.insert("resourceType".into(), json!("Bundle"));
-    bundle.insert("id".into(), json!(uuid::Uuid::new_v4().to_string()));
-    bundle.insert("type".into(), json!("searchset"));
-    let mut links =
-        vec![json!({"relation": "self", "url": link(call, &path, after, &criteria.ignored)})];
-    let mut entries = Vec::new();
-    if !criteria.ignored.is_empty() {
-        let names: Vec<String> = criteria
-            .ignored
-            .iter()
-            .map(|n| n.chars().take(64).collect())
-            .collect();
-        let outcome = OperationOutcome {
-            severity: fhirwall_model::IssueSeverity::Warning,
-            issue_type: IssueType::NotSupported,
-            code: "search-parameter-ignored",
-            message: format!(
-                "These parameters are not supported on {resource_type} and were not applied: {}.",
-                names.join(", ")
-            ),
-            expression: None,
-            more: Vec::new(),
-        };
-        entries.push(json!({
-            "resource": outcome.to_json(&call.caller.requester.request_id),
-            "search": {"mode": "outcome"},
-        }));
-    }
-    if summary_count {
-        bundle.insert("total".into(), json!(rows.len()));
-        bundle.insert("link".into(), Value::Array(links));
-        if !entries.is_empty() {
-            bundle.insert("entry".into(), Value::Array(entries));
-        }
-        return Ok(Done::audited(
-            bundle_reply(&Value::Object(bundle))?,
-            AuditDetail::default(),
-        ));
-    }
-    let has_more = rows.len() > count;
-    rows.truncate(count);
-    if has_more {
-        if let Some(last) = rows.last() {
-            links.push(json!({"relation": "next", "url": link(call, &path, Some(last.seq), &criteria.ignored)}));
-        }
-    } else if after.is_none() {
-        bundle.insert("total".into(), json!(rows.len()));
-    }
-    let mut detail = AuditDetail::default();
-    for row in &rows {
-        let plain = open_version(call, row)?;
-        let parsed = parse_stored(&plain)?;
-        detail.patients.extend(fhirwall_model::patient_references(
-            resource_type,
-            row.key.id.as_str(),
-            &parsed,
-        ));
-        detail
-            .entities
-            .push(row.key.versioned_reference(row.version));
-        let rendered = render(call, resource_type, plain, Some(parsed))?;
-        let resource = parse_stored(&rendered)?;
-        entries.push(json!({
-            "fullUrl": format!("{}/{resource_type}/{}", call.service.fhir_base(), row.key.id),
-            "resource": resource,
-            "search": {"mode": "match"},
-        }));
-    }
-    detail.patients.sort();
-    detail.patients.dedup();
-    bundle.insert("link".into(), Value::Array(links));
-    bundle.insert("entry".into(), Value::Array(entries));
-    Ok(Done::audited(bundle_reply(&Value::Object(bundle))?, detail))
 }
 
 pub(crate) async fn history(

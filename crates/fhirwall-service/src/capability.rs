@@ -4,21 +4,40 @@ use serde_json::{Value, json};
 
 use crate::Service;
 
-fn has_identifier_param(type_name: &str) -> bool {
-    fhirwall_model::generated::SEARCH_PARAMS
-        .iter()
-        .any(|p| p.name == "identifier" && p.bases.contains(&type_name))
+/// The search parameters of a type as the CapabilityStatement lists them: exactly those the
+/// search index applies, each with the modifiers it honours.
+fn search_params(search: &fhirwall_search::SearchIndex, type_name: &str) -> Vec<Value> {
+    search
+        .params(type_name)
+        .into_iter()
+        .map(|p| {
+            let mut param = json!({
+                "name": p.name,
+                "type": p.kind.code(),
+                "definition": p.definition,
+            });
+            if !p.modifiers.is_empty()
+                && let Some(map) = param.as_object_mut()
+            {
+                map.insert(
+                    "documentation".into(),
+                    json!(format!("Modifiers: {}.", p.modifiers.join(", "))),
+                );
+            }
+            param
+        })
+        .collect()
 }
+
+/// The result parameters every search takes.
+const SEARCH_CONTROLS: &str = "Searches take _count, _sort (several keys, - for descending), _total (none, estimate, accurate), _summary (true, text, data, count, false), _elements, _include and _revinclude (with :iterate and *), chained parameters, _has, and POST [type]/_search with a form body. Paging links are sealed for the client they were issued to and expire after 30 minutes.";
 
 pub(crate) fn capability_statement(service: &Service) -> Value {
     let base = service.fhir_base();
     let profiles = service.inner.profiles.validator.profiles();
+    let search = service.search_index();
     let mut resources = Vec::new();
     for info in fhirwall_model::generated::RESOURCE_TYPES {
-        let mut search_params = vec![json!({
-            "name": "_id", "type": "token",
-            "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"
-        })];
         if info.name == "AuditEvent" {
             resources.push(json!({
                 "type": "AuditEvent",
@@ -29,12 +48,15 @@ pub(crate) fn capability_statement(service: &Service) -> Value {
             }));
             continue;
         }
-        if has_identifier_param(info.name) {
-            search_params.push(json!({
-                "name": "identifier", "type": "token",
-                "documentation": "Exact match on system|value, |value or value."
-            }));
-        }
+        let search_params = search_params(&search, info.name);
+        let reference_params: Vec<String> = search
+            .params(info.name)
+            .into_iter()
+            .filter(|p| p.kind == fhirwall_search::ParamKind::Reference)
+            .map(|p| format!("{}:{}", info.name, p.name))
+            .collect();
+        let mut search_include = vec!["*".to_string()];
+        search_include.extend(reference_params);
         resources.push(json!({
             "type": info.name,
             "interaction": [
@@ -50,6 +72,8 @@ pub(crate) fn capability_statement(service: &Service) -> Value {
             "conditionalUpdate": true,
             "conditionalDelete": "single",
             "searchParam": search_params,
+            "searchInclude": search_include,
+            "documentation": SEARCH_CONTROLS,
             "operation": [{
                 "name": "validate",
                 "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"
@@ -82,7 +106,11 @@ pub(crate) fn capability_statement(service: &Service) -> Value {
         "implementation": {"description": "Fhirwall FHIR server", "url": base},
         "fhirVersion": fhirwall_model::generated::FHIR_VERSION,
         "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
-        "patchFormat": ["application/json-patch+json"],
+        "patchFormat": [
+            "application/json-patch+json",
+            "application/fhir+json",
+            "application/fhir+xml"
+        ],
         "rest": [{
             "mode": "server",
             "security": {
@@ -101,8 +129,11 @@ pub(crate) fn capability_statement(service: &Service) -> Value {
             },
             "resource": resources,
             "interaction": [
-                {"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}
+                {"code": "transaction"}, {"code": "batch"}, {"code": "history-system"},
+                {"code": "search-system"}
             ],
+            "searchParam": search_params(&search, "Resource"),
+            "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
         }],
     })
 }

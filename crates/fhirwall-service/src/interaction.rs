@@ -21,6 +21,10 @@ pub enum Interaction {
     Patch(ResourceType, ResourceId),
     Delete(ResourceType, ResourceId),
     SearchType(ResourceType),
+    /// `GET /fhir` (`_type` names the types).
+    SearchSystem,
+    /// `GET /fhir/Patient/ID/Type` (None: `*`, every type of the compartment).
+    SearchCompartment(ResourceType, ResourceId, Option<ResourceType>),
     ConditionalUpdate(ResourceType),
     ConditionalDelete(ResourceType),
     HistoryType(ResourceType),
@@ -30,6 +34,10 @@ pub enum Interaction {
     Validate(ResourceType, Option<ResourceId>),
     /// A batch or transaction Bundle posted to the base.
     Bundle,
+    /// `$reindex` at system level: POST starts the job (`start`), GET tells its progress.
+    Reindex {
+        start: bool,
+    },
 }
 
 impl Interaction {
@@ -42,12 +50,14 @@ impl Interaction {
             Interaction::Update(..) | Interaction::ConditionalUpdate(..) => "update",
             Interaction::Patch(..) => "patch",
             Interaction::Delete(..) | Interaction::ConditionalDelete(..) => "delete",
-            Interaction::SearchType(..) => "search-type",
+            Interaction::SearchType(..) | Interaction::SearchCompartment(..) => "search-type",
+            Interaction::SearchSystem => "search-system",
             Interaction::HistoryType(..) => "history-type",
             Interaction::HistoryInstance(..) => "history-instance",
             Interaction::HistorySystem => "history-system",
             Interaction::Validate(..) => "validate",
             Interaction::Bundle => "batch",
+            Interaction::Reindex { .. } => "operation",
         }
     }
 
@@ -59,9 +69,12 @@ impl Interaction {
             | Interaction::ConditionalUpdate(..) => Action::Update,
             Interaction::Delete(..) | Interaction::ConditionalDelete(..) => Action::Delete,
             Interaction::SearchType(..)
+            | Interaction::SearchSystem
+            | Interaction::SearchCompartment(..)
             | Interaction::HistoryType(..)
             | Interaction::HistorySystem
             | Interaction::Validate(..)
+            | Interaction::Reindex { .. }
             | Interaction::Bundle => Action::Execute,
             Interaction::Read(..) | Interaction::Vread(..) | Interaction::HistoryInstance(..) => {
                 Action::Read
@@ -83,7 +96,11 @@ impl Interaction {
             | Interaction::HistoryType(t)
             | Interaction::HistoryInstance(t, _)
             | Interaction::Validate(t, _) => Some(t),
-            Interaction::HistorySystem | Interaction::Bundle => None,
+            Interaction::SearchCompartment(_, _, t) => t.as_ref(),
+            Interaction::HistorySystem
+            | Interaction::Bundle
+            | Interaction::SearchSystem
+            | Interaction::Reindex { .. } => None,
         }
     }
 
@@ -95,7 +112,8 @@ impl Interaction {
             | Interaction::Update(t, id)
             | Interaction::Patch(t, id)
             | Interaction::Delete(t, id)
-            | Interaction::HistoryInstance(t, id) => Some(format!("{t}/{id}")),
+            | Interaction::HistoryInstance(t, id)
+            | Interaction::SearchCompartment(t, id, _) => Some(format!("{t}/{id}")),
             Interaction::Vread(t, id, vid) => Some(format!("{t}/{id}/_history/{vid}")),
             _ => None,
         }
@@ -125,8 +143,16 @@ impl Interaction {
             // one (mode update or delete) tells whether it exists.
             Interaction::Validate(_, None) => vec![Permission::Create],
             Interaction::Validate(_, Some(_)) => vec![Permission::Read],
+            // The search checks each type it covers (a compartment's `*` or `_type`).
+            Interaction::SearchSystem | Interaction::SearchCompartment(_, _, None) => Vec::new(),
+            Interaction::SearchCompartment(_, _, Some(_)) => vec![Permission::Search],
             // Each entry is checked as the request it stands for.
             Interaction::Bundle => Vec::new(),
+            // Reindexing reads and rewrites the index of every type: it takes full rights.
+            Interaction::Reindex { start: true } => {
+                vec![Permission::Read, Permission::Update]
+            }
+            Interaction::Reindex { start: false } => vec![Permission::Read],
         }
     }
 }
@@ -274,11 +300,12 @@ fn route(method: &str, segs: &[&str]) -> Result<Interaction, ServiceError> {
         || ServiceError::not_supported("This operation is not supported by this server.");
     let interaction = match segs {
         [] if method == "POST" => Interaction::Bundle,
-        [] => {
-            return Err(ServiceError::not_supported(
-                "System-level search is not supported by this server; POST a batch or transaction Bundle here.",
-            ));
-        }
+        [] if method == "GET" => Interaction::SearchSystem,
+        [] => return Err(ServiceError::method_not_allowed()),
+        ["_search"] if method == "POST" => Interaction::SearchSystem,
+        ["$reindex"] if method == "POST" => Interaction::Reindex { start: true },
+        ["$reindex"] if method == "GET" => Interaction::Reindex { start: false },
+        ["$reindex"] => return Err(ServiceError::method_not_allowed()),
         ["_history"] if method == "GET" => Interaction::HistorySystem,
         ["_history"] | [_, "_history"] if method != "GET" => {
             return Err(ServiceError::method_not_allowed());
@@ -324,6 +351,16 @@ fn route(method: &str, segs: &[&str]) -> Result<Interaction, ServiceError> {
             Interaction::Vread(parse_type(t)?, parse_id(id)?, (*vid).to_string())
         }
         [_, _, "_history", ..] => return Err(ServiceError::method_not_allowed()),
+        [c, id, t] if method == "GET" && !t.starts_with('$') && !t.starts_with('_') => {
+            let compartment = parse_type(c)?;
+            let id = parse_id(id)?;
+            let t = if *t == "*" {
+                None
+            } else {
+                Some(parse_type(t)?)
+            };
+            Interaction::SearchCompartment(compartment, id, t)
+        }
         _ => return Err(ServiceError::not_found("There is nothing at this address.")),
     };
     Ok(interaction)

@@ -30,6 +30,8 @@ mod pipeline;
 mod profiles;
 mod reads;
 mod references;
+mod search;
+mod search_params;
 mod tokens;
 mod validate_op;
 mod writes;
@@ -61,6 +63,13 @@ pub struct ServiceConfig {
     /// Failed authentications per source address and minute before the rest are answered
     /// 429 and summarised in one audit record per minute.
     pub auth_failures_per_minute: u32,
+    /// The largest page a search answers (`_count` above it is lowered to it).
+    pub search_max_count: usize,
+    /// The most resources `_include` and `_revinclude` add to one page.
+    pub search_max_includes: usize,
+    /// Whether a write that refers to a resource of this server that does not exist is
+    /// refused (422).
+    pub referential_integrity: bool,
 }
 
 impl ServiceConfig {
@@ -68,6 +77,9 @@ impl ServiceConfig {
         ServiceConfig {
             base_url: base_url.into(),
             auth_failures_per_minute: 60,
+            search_max_count: 1_000,
+            search_max_includes: 1_000,
+            referential_integrity: true,
         }
     }
 }
@@ -99,6 +111,10 @@ struct Inner {
     /// Set while the store's disk is below its reserve (the composition root watches it).
     storage_low: std::sync::atomic::AtomicBool,
     profiles: profiles::Profiles,
+    /// The search parameters in force (the core's, and those registered through the API).
+    search: search_params::SearchParameters,
+    /// `{base_url}/fhir`.
+    fhir_base: String,
 }
 
 /// What the service needs at start-up.
@@ -129,7 +145,6 @@ impl Service {
                 envelope: parts.envelope,
                 tokens: parts.tokens,
                 fetcher: parts.fetcher,
-                config,
                 clock: parts.clock,
                 keys,
                 local: tokens::LocalAuthState::default(),
@@ -137,6 +152,9 @@ impl Service {
                 rotating: std::sync::atomic::AtomicBool::new(false),
                 storage_low: std::sync::atomic::AtomicBool::new(false),
                 profiles: profiles::Profiles::new(),
+                search: search_params::SearchParameters::new()?,
+                fhir_base: format!("{}/fhir", config.base_url),
+                config,
             }),
         })
     }
@@ -170,7 +188,22 @@ impl Service {
     }
 
     pub fn fhir_base(&self) -> String {
-        format!("{}/fhir", self.inner.config.base_url)
+        self.inner.fhir_base.clone()
+    }
+
+    pub(crate) fn fhir_base_ref(&self) -> &str {
+        &self.inner.fhir_base
+    }
+
+    /// The search parameters searches use.
+    pub(crate) fn search_index(&self) -> Arc<fhirwall_search::SearchIndex> {
+        self.inner.search.active()
+    }
+
+    /// The search parameters writes index with (those of searches, and any registered since
+    /// the last reindex).
+    pub(crate) fn write_index(&self) -> Arc<fhirwall_search::SearchIndex> {
+        self.inner.search.writes()
     }
 
     pub fn base_url(&self) -> &str {
@@ -389,7 +422,42 @@ impl Call<'_> {
             Interaction::Delete(t, id) => writes::delete(self, t, id, None).await,
             Interaction::ConditionalUpdate(t) => writes::conditional_update(self, t).await,
             Interaction::ConditionalDelete(t) => writes::conditional_delete(self, t).await,
-            Interaction::SearchType(t) => bundles::search(self, t).await,
+            Interaction::SearchType(t) => search::search(self, search::Target::Type(t)).await,
+            Interaction::SearchSystem => search::search(self, search::Target::System).await,
+            Interaction::Reindex { start } => {
+                let params = &self.service.inner.search;
+                let started = *start && self.service.start_reindex();
+                if *start && !started {
+                    return Err(ServiceError::new(
+                        ErrorKind::Conflict,
+                        fhirwall_model::IssueType::Conflict,
+                        "reindex-running",
+                        "A reindex is already running; GET $reindex tells its progress.",
+                    )
+                    .into());
+                }
+                let body =
+                    serde_json::to_vec(&params.status()).map_err(|_| ServiceError::internal())?;
+                let mut reply = Reply::json(if *start { 202 } else { 200 }, body);
+                if *start {
+                    reply.location = Some(Location {
+                        url: format!("{}/$reindex", self.service.fhir_base()),
+                        created: false,
+                    });
+                }
+                Ok(Done::audited(reply, audit::AuditDetail::default()))
+            }
+            Interaction::SearchCompartment(c, id, t) => {
+                search::search(
+                    self,
+                    search::Target::Compartment {
+                        compartment: c,
+                        id,
+                        resource_type: t.as_ref(),
+                    },
+                )
+                .await
+            }
             Interaction::HistoryType(t) => bundles::history(self, Some(t), None).await,
             Interaction::HistoryInstance(t, id) => bundles::history(self, Some(t), Some(id)).await,
             Interaction::HistorySystem => bundles::history(self, None, None).await,

@@ -164,6 +164,124 @@ pub(crate) async fn write_loop(
 
 /// The stored form of a version: resourceType, id and meta first, with the server's
 /// versionId and lastUpdated.
+/// The resources a transaction writes or deletes, for [`check_references`].
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    pub written: std::collections::HashSet<(ResourceType, ResourceId)>,
+    pub deleted: std::collections::HashSet<(ResourceType, ResourceId)>,
+}
+
+/// At most this many distinct references of one resource are checked for existence.
+const MAX_CHECKED_REFERENCES: usize = 200;
+
+/// The relative references (`Type/id`, `Type/id/_history/n`) a resource body makes to
+/// resources on this server, without duplicates. A Bundle resource's entries are documents
+/// of their own and are not followed.
+pub(crate) fn local_references(body: &Map<String, Value>) -> Vec<(ResourceType, ResourceId)> {
+    fn walk(value: &Value, out: &mut Vec<(ResourceType, ResourceId)>) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    if key == "reference"
+                        && let Value::String(text) = child
+                    {
+                        let mut parts = text.split('/');
+                        if let (Some(t), Some(id)) = (parts.next(), parts.next())
+                            && matches!(parts.next(), None | Some("_history"))
+                            && let (Ok(t), Ok(id)) = (ResourceType::parse(t), ResourceId::parse(id))
+                            && !out.contains(&(t.clone(), id.clone()))
+                        {
+                            out.push((t, id));
+                        }
+                    } else if key != "contained" {
+                        walk(child, out);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    walk(item, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if body.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+        return out;
+    }
+    for (key, value) in body {
+        if key != "contained" {
+            walk(value, &mut out);
+        }
+    }
+    out
+}
+
+/// Refuses (422) a resource that refers to a resource of this server that does not exist,
+/// unless the server is configured to allow it. Resources a transaction writes count as
+/// existing; ones it deletes do not.
+pub(crate) async fn check_references(
+    call: &Call<'_>,
+    references: &[(ResourceType, ResourceId)],
+    pending: &Pending,
+) -> Result<(), ServiceError> {
+    if !call.service.inner.config.referential_integrity {
+        return Ok(());
+    }
+    for (t, id) in references.iter().take(MAX_CHECKED_REFERENCES) {
+        let key = (t.clone(), id.clone());
+        if pending.deleted.contains(&key) {
+            return Err(dangling(t, id, "is deleted by this transaction"));
+        }
+        if pending.written.contains(&key) {
+            continue;
+        }
+        match crate::reads::current_version(call, t, id).await? {
+            Some(row) if !row.is_deleted() => {}
+            Some(_) => return Err(dangling(t, id, "has been deleted")),
+            None => return Err(dangling(t, id, "does not exist")),
+        }
+    }
+    Ok(())
+}
+
+fn dangling(t: &ResourceType, id: &ResourceId, why: &str) -> ServiceError {
+    ServiceError::new(
+        crate::ErrorKind::Unprocessable,
+        fhirwall_model::IssueType::Processing,
+        "reference-not-found",
+        format!("The resource refers to {t}/{id}, which {why} on this server."),
+    )
+}
+
+/// Rewrites `reference` values under `base` (`{base}/Patient/1`) to relative ones (`Patient/1`).
+pub(crate) fn localize_references(value: &mut Value, base: &str) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                if key == "reference"
+                    && let Value::String(text) = child
+                    && let Some(rest) = text.strip_prefix(base).and_then(|r| r.strip_prefix('/'))
+                    && rest.split('/').count() >= 2
+                    && !rest.starts_with('_')
+                    && !rest.starts_with('$')
+                {
+                    *text = rest.to_string();
+                } else {
+                    localize_references(child, base);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                localize_references(item, base);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn stamp(
     mut map: Map<String, Value>,
     resource_type: &ResourceType,
@@ -204,12 +322,17 @@ pub(crate) struct Prepared {
     /// The patients the version concerns, for a transaction's own audit record.
     pub patients: Vec<String>,
     profile: Option<(ResourceId, Option<crate::profiles::PreparedProfile>)>,
+    search_parameter: Option<SearchParameterChange>,
 }
+
+/// A SearchParameter written (its resource) or deleted (None), for the writes' index.
+type SearchParameterChange = (ResourceId, u64, Option<Value>);
 
 /// What is left of a [`Prepared`] version once its request went to the store.
 pub(crate) struct AfterCommit {
     written: Written,
     profile: Option<(ResourceId, Option<crate::profiles::PreparedProfile>)>,
+    search_parameter: Option<SearchParameterChange>,
 }
 
 impl AfterCommit {
@@ -221,6 +344,12 @@ impl AfterCommit {
                 Some(profile) => profiles.register(id.as_str(), profile),
                 None => profiles.unregister(id.as_str()),
             }
+        }
+        if let Some((id, version, resource)) = self.search_parameter {
+            service
+                .inner
+                .search
+                .committed(id.as_str(), version, resource);
         }
         self.written
     }
@@ -234,6 +363,7 @@ impl Prepared {
             AfterCommit {
                 written: self.written,
                 profile: self.profile,
+                search_parameter: self.search_parameter,
             },
         )
     }
@@ -246,7 +376,10 @@ pub(crate) async fn commit(
     call: &Call<'_>,
     new: NewVersion,
 ) -> Result<Result<Written, WriteConflict>, ServiceError> {
-    let (request, after) = prepare(call, new)?.split();
+    let references = new.body.as_ref().map(local_references).unwrap_or_default();
+    let ready = prepare(call, new)?;
+    check_references(call, &references, &Pending::default()).await?;
+    let (request, after) = ready.split();
     let outcome = call.service.inner.store.write(request).await?;
     Ok(outcome.map(|_| after.committed(call.service)))
 }
@@ -267,10 +400,19 @@ pub(crate) fn prepare(call: &Call<'_>, new: NewVersion) -> Result<Prepared, Serv
     let keys = service.tenant_keys(call.tenant())?;
     let profiles = &service.inner.profiles;
     let is_structure_definition = new.resource_type.as_str() == "StructureDefinition";
+    let is_search_parameter = new.resource_type.as_str() == "SearchParameter";
+    let mut search_parameter: Option<SearchParameterChange> =
+        (is_search_parameter && new.body.is_none()).then(|| (new.id.clone(), new.version, None));
     let mut profile = None;
     let mut warnings = Vec::new();
     let (stored, terms, patients) = match new.body {
-        Some(map) => {
+        Some(mut map) => {
+            // References to this server by its absolute URL are kept relative, as clients
+            // mostly write them: what is stored (and indexed) then does not depend on the
+            // address the server was reached by.
+            for value in map.values_mut() {
+                localize_references(value, service.fhir_base_ref());
+            }
             let unstamped = Value::Object(map);
             warnings = profiles.check_write(&unstamped, new.method == Method::Patch, now)?;
             if is_structure_definition {
@@ -280,9 +422,16 @@ pub(crate) fn prepare(call: &Call<'_>, new: NewVersion) -> Result<Prepared, Serv
                 return Err(ServiceError::internal());
             };
             let value = stamp(map, &new.resource_type, &new.id, new.version, now);
+            if is_search_parameter {
+                service.inner.search.check(&value)?;
+                search_parameter = Some((new.id.clone(), new.version, Some(value.clone())));
+            }
+            let search = service.write_index();
             let indexer = Indexer {
                 blind: &keys.blind,
                 tenant: call.tenant(),
+                search: &search,
+                base_url: service.fhir_base_ref(),
             };
             let terms = indexer.resource_terms(&new.resource_type, &value);
             let patients =
@@ -360,5 +509,6 @@ pub(crate) fn prepare(call: &Call<'_>, new: NewVersion) -> Result<Prepared, Serv
         },
         patients,
         profile: is_structure_definition.then(|| (new.id.clone(), profile)),
+        search_parameter,
     })
 }

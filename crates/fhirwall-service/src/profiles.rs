@@ -276,9 +276,9 @@ pub(crate) async fn load(service: &Service, given: Vec<Value>) -> Result<usize, 
             .find_current(CurrentQuery {
                 tenant: tenant.clone(),
                 resource_type: resource_type.clone(),
-                id: None,
                 clauses: Vec::new(),
                 after_seq: None,
+                up_to_seq: None,
                 limit: 1_000_000,
             })
             .await

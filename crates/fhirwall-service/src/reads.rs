@@ -82,38 +82,61 @@ pub(crate) fn render(
     plain: Vec<u8>,
     parsed: Option<Value>,
 ) -> Result<Vec<u8>, ServiceError> {
-    let summary = call
-        .param("_summary")
-        .map(Summary::parse)
-        .transpose()
-        .map_err(|e| ServiceError::invalid("invalid-summary", e.to_string()))?;
-    let elements = call
-        .param("_elements")
-        .map(fhirwall_model::parse_elements)
-        .transpose()
-        .map_err(|e| ServiceError::invalid("invalid-elements", e.to_string()))?;
-    if summary.is_none() && elements.is_none() {
-        return Ok(plain);
+    let shape = Shape::of(call.param("_summary"), call.param("_elements"))?;
+    if shape.summary == Some(Summary::Count) {
+        return Err(ServiceError::invalid(
+            "invalid-summary",
+            "_summary=count applies to searches only.",
+        ));
     }
-    let mut value = match parsed {
-        Some(v) => v,
-        None => parse_stored(&plain)?,
-    };
-    if let Some(info) = resource_type.info() {
-        if let Some(summary) = summary {
-            if summary == Summary::Count {
-                return Err(ServiceError::invalid(
-                    "invalid-summary",
-                    "_summary=count applies to searches only.",
-                ));
+    shape.render(resource_type, plain, parsed)
+}
+
+/// How a resource is cut down for an answer: `_summary` and `_elements`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Shape {
+    pub summary: Option<Summary>,
+    pub elements: Option<Vec<String>>,
+}
+
+impl Shape {
+    pub(crate) fn of(summary: Option<&str>, elements: Option<&str>) -> Result<Shape, ServiceError> {
+        Ok(Shape {
+            summary: summary
+                .map(Summary::parse)
+                .transpose()
+                .map_err(|e| ServiceError::invalid("invalid-summary", e.to_string()))?,
+            elements: elements
+                .map(fhirwall_model::parse_elements)
+                .transpose()
+                .map_err(|e| ServiceError::invalid("invalid-elements", e.to_string()))?,
+        })
+    }
+
+    pub(crate) fn render(
+        &self,
+        resource_type: &ResourceType,
+        plain: Vec<u8>,
+        parsed: Option<Value>,
+    ) -> Result<Vec<u8>, ServiceError> {
+        let summary = self.summary.filter(|s| *s != Summary::Count);
+        if summary.is_none() && self.elements.is_none() {
+            return Ok(plain);
+        }
+        let mut value = match parsed {
+            Some(v) => v,
+            None => parse_stored(&plain)?,
+        };
+        if let Some(info) = resource_type.info() {
+            if let Some(summary) = summary {
+                value = fhirwall_model::apply_summary(value, info, summary);
             }
-            value = fhirwall_model::apply_summary(value, info, summary);
+            if let Some(elements) = &self.elements {
+                value = fhirwall_model::apply_elements(value, info, elements);
+            }
         }
-        if let Some(elements) = &elements {
-            value = fhirwall_model::apply_elements(value, info, elements);
-        }
+        serde_json::to_vec(&value).map_err(|_| ServiceError::internal())
     }
-    serde_json::to_vec(&value).map_err(|_| ServiceError::internal())
 }
 
 /// Whether an `If-None-Match` list names `version` (or is `*`).

@@ -8,10 +8,10 @@ use fhirwall_store::{Method, NoMatchGuard, StoredVersion};
 use serde_json::{Map, Value};
 
 use crate::audit::AuditDetail;
-use crate::bundles::find;
-use crate::indexing::{CriteriaMode, Indexer};
+use crate::indexing::CriteriaMode;
 use crate::pipeline::{NewVersion, Outcome, Written, write_loop};
 use crate::reads::{gone, if_match, no_such, open_version, parse_stored, render};
+use crate::search::find_matches;
 use crate::{Call, Done, ErrorKind, Failed, Location, Reply, ReturnPreference, ServiceError};
 
 /// The body of a create or update: a JSON object holding one resource of the path's type.
@@ -185,7 +185,12 @@ pub(crate) fn query_criteria(
     let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    indexer(call)?.criteria(resource_type, &params, CriteriaMode::Conditional)
+    let search = crate::search::search_index(call);
+    crate::search::indexer(call, &search)?.criteria(
+        resource_type,
+        &params,
+        CriteriaMode::Conditional,
+    )
 }
 
 /// What a condition matches: nothing or one resource; more than one is a 412 (`many` says
@@ -196,7 +201,7 @@ pub(crate) async fn match_condition(
     criteria: &crate::indexing::Criteria,
     many: &str,
 ) -> Result<Option<StoredVersion>, ServiceError> {
-    let mut found = find(call, resource_type, criteria, None, 2).await?;
+    let mut found = find_matches(call, resource_type, criteria, 2).await?;
     match found.len() {
         0 | 1 => Ok(found.pop()),
         _ => Err(ServiceError::precondition_failed(format!(
@@ -211,7 +216,7 @@ pub(crate) fn unmatched_update_id(
     criteria: &crate::indexing::Criteria,
     body_id: Option<&str>,
 ) -> Result<ResourceId, ServiceError> {
-    match (&criteria.id, body_id) {
+    match (&criteria.single_id(), body_id) {
         (Some(cid), Some(bid)) if cid.as_str() != bid => Err(ServiceError::invalid(
             "id-mismatch",
             "The body's id does not match the _id criterion.",
@@ -243,7 +248,7 @@ pub(crate) async fn create(call: &Call<'_>, resource_type: &ResourceType) -> Res
         }
         // A create always gets a new server id, so an `_id` criterion that matched nothing
         // stays unmatched; identifier criteria are re-checked at commit time by the guard.
-        let terms = criteria.guard_terms();
+        let terms = guard_terms(call, resource_type, &criteria)?;
         if !terms.is_empty() {
             guard = Some(NoMatchGuard { terms });
         }
@@ -278,11 +283,15 @@ pub(crate) async fn create(call: &Call<'_>, resource_type: &ResourceType) -> Res
     }
 }
 
-pub(crate) fn indexer<'a>(call: &'a Call<'_>) -> Result<Indexer<'a>, ServiceError> {
-    Ok(Indexer {
-        blind: &call.service.tenant_keys(call.tenant())?.blind,
-        tenant: call.tenant(),
-    })
+/// The terms a conditional write re-checks at commit (see `Criteria::guard_terms`).
+pub(crate) fn guard_terms(
+    call: &Call<'_>,
+    resource_type: &ResourceType,
+    criteria: &crate::indexing::Criteria,
+) -> Result<Vec<fhirwall_store::IndexTerm>, ServiceError> {
+    let search = crate::search::search_index(call);
+    let indexer = crate::search::indexer(call, &search)?;
+    Ok(criteria.guard_terms(&indexer, resource_type))
 }
 
 /// Conditional create found its match: 200 with the existing resource, nothing written.
@@ -392,10 +401,15 @@ pub(crate) async fn patch(
 ) -> Result<Done, Failed> {
     let patch_doc = match &call.request.body {
         Some(doc @ Value::Array(_)) => doc.clone(),
+        Some(doc @ Value::Object(map))
+            if map.get("resourceType").and_then(Value::as_str) == Some("Parameters") =>
+        {
+            doc.clone()
+        }
         _ => {
             return Err(ServiceError::invalid(
                 "invalid-patch",
-                "A JSON Patch document is an array of operations.",
+                "A patch is a JSON Patch document (an array of operations) or a FHIRPath Patch (a Parameters resource).",
             )
             .into());
         }
@@ -463,22 +477,35 @@ pub(crate) async fn delete(
     }
 }
 
-/// The result of a JSON Patch document on the current content: a resource of the same type
-/// and id, or why not (422 for a failed `test` or a result that is no longer the resource).
+/// The result of a patch on the current content: a JSON Patch document (an array) or a
+/// FHIRPath Patch (a Parameters resource). A resource of the same type and id, or why not (400
+/// for a malformed patch, 422 for one that cannot apply or leaves no valid resource).
 pub(crate) fn patched(
     resource_type: &ResourceType,
     id: &ResourceId,
     current: &Value,
     patch_doc: &Value,
 ) -> Result<Map<String, Value>, ServiceError> {
-    let patched = fhirwall_model::apply_json_patch(current, patch_doc).map_err(|e| {
-        let kind = if matches!(e, fhirwall_model::PatchError::TestFailed { .. }) {
-            ErrorKind::Unprocessable
-        } else {
-            ErrorKind::Invalid
-        };
-        ServiceError::new(kind, IssueType::Processing, "patch-failed", e.to_string())
-    })?;
+    let patched = if patch_doc.is_array() {
+        fhirwall_model::apply_json_patch(current, patch_doc).map_err(|e| {
+            let kind = if matches!(e, fhirwall_model::PatchError::TestFailed { .. }) {
+                ErrorKind::Unprocessable
+            } else {
+                ErrorKind::Invalid
+            };
+            ServiceError::new(kind, IssueType::Processing, "patch-failed", e.to_string())
+        })?
+    } else {
+        fhirwall_validation::apply_fhirpath_patch(current, patch_doc).map_err(|e| {
+            let kind = match e {
+                fhirwall_validation::FhirPathPatchError::Malformed(_) => ErrorKind::Invalid,
+                fhirwall_validation::FhirPathPatchError::NotApplicable(_) => {
+                    ErrorKind::Unprocessable
+                }
+            };
+            ServiceError::new(kind, IssueType::Processing, "patch-failed", e.to_string())
+        })?
+    };
     let Value::Object(map) = patched else {
         return Err(ServiceError::new(
             ErrorKind::Unprocessable,
@@ -534,7 +561,12 @@ pub(crate) fn conditional_criteria(
         .filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty"))
         .cloned()
         .collect();
-    indexer(call)?.criteria(resource_type, &params, CriteriaMode::Conditional)
+    let search = crate::search::search_index(call);
+    crate::search::indexer(call, &search)?.criteria(
+        resource_type,
+        &params,
+        CriteriaMode::Conditional,
+    )
 }
 
 pub(crate) async fn conditional_update(
@@ -549,7 +581,7 @@ pub(crate) async fn conditional_update(
     match matched {
         None => {
             let id = unmatched_update_id(&criteria, body_id.as_deref())?;
-            let terms = criteria.guard_terms();
+            let terms = guard_terms(call, resource_type, &criteria)?;
             let guard = (!terms.is_empty()).then_some(NoMatchGuard { terms });
             map.insert("id".into(), Value::String(id.as_str().to_string()));
             put_version(call, resource_type, &id, expected, guard, &map).await

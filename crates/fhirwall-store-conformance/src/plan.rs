@@ -1,7 +1,8 @@
-//! `find_current`: the AND-of-OR plan over current, non-deleted resources of one type, with
-//! the id, `after_seq` and `limit` restrictions, in commit order.
+//! `find_current` and `count_current`: the AND of clauses (terms, ids, last-update windows)
+//! over current, non-deleted resources of one type, with the `after_seq`, `up_to_seq` and
+//! `limit` restrictions, in commit order.
 
-use fhirwall_store::{CurrentQuery, ResourceId, Store};
+use fhirwall_store::{Clause, CurrentQuery, ResourceId, Store};
 
 use crate::{Story, delete, key, pointer_tag, put, rid, tenant, term, version_tag};
 
@@ -9,12 +10,12 @@ fn plan(clauses: &[&[u8]]) -> CurrentQuery {
     CurrentQuery {
         tenant: tenant("plan"),
         resource_type: fhirwall_store::ResourceType::parse("Patient").expect("a FHIR type"),
-        id: None,
         clauses: clauses
             .iter()
-            .map(|clause| clause.iter().copied().map(term).collect())
+            .map(|clause| Clause::Terms(clause.iter().copied().map(term).collect()))
             .collect(),
         after_seq: None,
+        up_to_seq: None,
         limit: 100,
     }
 }
@@ -90,9 +91,12 @@ pub(crate) async fn find_current(store: &dyn Store, story: &mut Story) {
     );
 
     // The id restriction, alone and with terms.
-    let with_id = |id: &str, clauses: &[&[u8]]| CurrentQuery {
-        id: Some(ResourceId::parse(id).expect("a valid id")),
-        ..plan(clauses)
+    let with_id = |id: &str, clauses: &[&[u8]]| {
+        let mut query = plan(clauses);
+        query.clauses.push(Clause::Ids(vec![
+            ResourceId::parse(id).expect("a valid id"),
+        ]));
+        query
     };
     assert_eq!(ids(store, with_id("p3", &[])).await, ["p3"]);
     assert_eq!(ids(store, with_id("p2", &[&[1]])).await, ["p2"]);
@@ -107,6 +111,69 @@ pub(crate) async fn find_current(store: &dyn Store, story: &mut Story) {
     assert!(
         ids(store, with_id("o1", &[])).await.is_empty(),
         "the type holds"
+    );
+
+    let either = {
+        let mut query = plan(&[]);
+        query.clauses.push(Clause::Ids(vec![
+            ResourceId::parse("p4").expect("a valid id"),
+            ResourceId::parse("p1").expect("a valid id"),
+            ResourceId::parse("nothing").expect("a valid id"),
+        ]));
+        query
+    };
+    assert_eq!(
+        ids(store, either).await,
+        ["p1", "p4"],
+        "ids are alternatives"
+    );
+    let no_ids = {
+        let mut query = plan(&[]);
+        query.clauses.push(Clause::Ids(vec![]));
+        query
+    };
+    assert!(ids(store, no_ids).await.is_empty(), "no id admits nothing");
+
+    // Last-update windows (microseconds, inclusive), as alternatives.
+    let updated = |windows: Vec<(Option<i64>, Option<i64>)>| {
+        let mut query = plan(&[]);
+        query.clauses.push(Clause::Updated(windows));
+        query
+    };
+    assert_eq!(
+        ids(store, updated(vec![(Some(1_001), Some(1_002))])).await,
+        ["p2", "p3"],
+        "both ends inclusive"
+    );
+    assert_eq!(
+        ids(
+            store,
+            updated(vec![(None, Some(1_000)), (Some(1_003), None)])
+        )
+        .await,
+        ["p1", "p4"],
+        "open ends; windows are alternatives"
+    );
+    let updated_and_term = {
+        let mut query = updated(vec![(Some(1_001), None)]);
+        query.clauses.push(Clause::Terms(vec![term(2)]));
+        query
+    };
+    assert_eq!(ids(store, updated_and_term).await, ["p3"]);
+
+    // Counting: the same plan, without after_seq or limit.
+    let counted = CurrentQuery {
+        limit: 1,
+        after_seq: Some(u64::MAX / 2),
+        ..plan(&[&[1, 3]])
+    };
+    assert_eq!(store.count_current(counted).await.expect("count"), 4);
+    assert_eq!(
+        store
+            .count_current(plan(&[&[1], &[]]))
+            .await
+            .expect("count"),
+        0
     );
 
     // Paging: after_seq and limit.
@@ -164,6 +231,115 @@ pub(crate) async fn find_current(store: &dyn Store, story: &mut Story) {
         "old terms are gone"
     );
     assert_eq!(ids(store, plan(&[&[1, 3]])).await, ["p1", "p3", "p4", "p2"]);
+    // A snapshot: only current versions committed up to a sequence number.
+    let snapshot = CurrentQuery {
+        up_to_seq: Some(p2_seq + 2),
+        ..plan(&[&[1, 3]])
+    };
+    assert_eq!(ids(store, snapshot.clone()).await, ["p1", "p3", "p4"]);
+    assert_eq!(store.count_current(snapshot).await.expect("count"), 3);
+    // The type as it stood at the snapshot: p2 changed since, so its version 1 is what it was.
+    let patients = fhirwall_store::ResourceType::parse("Patient").expect("a FHIR type");
+    let then = store
+        .versions_at(&tenant("plan"), &patients, p2_seq + 2, None, 100)
+        .await
+        .expect("versions at");
+    assert_eq!(crate::names(&then), ["Patient/p2@1"]);
+    assert!(
+        store
+            .versions_at(&tenant("plan"), &patients, p2_seq + 2, Some(p2_seq), 100)
+            .await
+            .expect("versions at")
+            .is_empty(),
+        "after_seq applies to the old version's own commit"
+    );
+    assert!(store.last_seq().await.expect("last seq") > p2_seq + 2);
+    // An update that keeps some terms and drops others.
+    put(store, story, &p("p3"), 2, 2_001, vec![term(3), term(4)]).await;
+    assert_eq!(
+        ids(store, plan(&[&[2]])).await,
+        ["p1"],
+        "a dropped term is gone"
+    );
+    assert_eq!(
+        ids(store, plan(&[&[3]])).await,
+        ["p4", "p2", "p3"],
+        "a kept term stays"
+    );
+    assert_eq!(
+        ids(store, plan(&[&[4]])).await,
+        ["p3"],
+        "an added term is there"
+    );
+    delete(store, story, &p("p3"), 3, 2_002).await;
+    assert_eq!(
+        ids(store, plan(&[&[3]])).await,
+        ["p4", "p2"],
+        "a deleted one has none"
+    );
+    put(store, story, &p("p3"), 4, 2_003, vec![term(2)]).await;
+    assert_eq!(
+        ids(store, plan(&[&[2]])).await,
+        ["p1", "p3"],
+        "recreated with new terms"
+    );
+    assert!(ids(store, plan(&[&[4]])).await.is_empty());
+
+    // A reindex replaces the terms of versions that are still current, and only those.
+    let replaced = store
+        .reindex(vec![
+            fhirwall_store::Reindexed {
+                key: p("p3"),
+                version: 4,
+                terms: vec![term(5)],
+            },
+            fhirwall_store::Reindexed {
+                key: p("p1"),
+                version: 9,
+                terms: vec![term(5)],
+            },
+            fhirwall_store::Reindexed {
+                key: p("nothing"),
+                version: 1,
+                terms: vec![term(5)],
+            },
+        ])
+        .await
+        .expect("reindex");
+    assert_eq!(
+        replaced, 1,
+        "p1 is not at version 9; nothing does not exist"
+    );
+    assert_eq!(ids(store, plan(&[&[5]])).await, ["p3"]);
+    assert_eq!(
+        ids(store, plan(&[&[2]])).await,
+        ["p1"],
+        "p3's old term is gone"
+    );
+    put(store, story, &p("p3"), 5, 2_004, vec![term(6)]).await;
+    assert!(
+        ids(store, plan(&[&[5]])).await.is_empty(),
+        "a write after a reindex replaces its terms"
+    );
+
+    // Settings.
+    assert_eq!(store.read_setting("conformance").await.expect("read"), None);
+    store
+        .write_setting("conformance".into(), "one".into())
+        .await
+        .expect("write");
+    store
+        .write_setting("conformance".into(), "two".into())
+        .await
+        .expect("write");
+    assert_eq!(
+        store
+            .read_setting("conformance")
+            .await
+            .expect("read")
+            .as_deref(),
+        Some("two")
+    );
     let p2 = store
         .read_current(&p("p2"))
         .await

@@ -87,9 +87,9 @@ async fn carrying(store: &dyn Store, term: IndexTerm) -> Vec<String> {
     let query = CurrentQuery {
         tenant: tenant(TENANT),
         resource_type: fhirwall_store::ResourceType::parse("Patient").expect("a FHIR type"),
-        id: None,
-        clauses: vec![vec![term]],
+        clauses: vec![fhirwall_store::Clause::Terms(vec![term])],
         after_seq: None,
+        up_to_seq: None,
         limit: 100,
     };
     let found = store.find_current(query).await.expect("find");

@@ -5,10 +5,11 @@
 
 use std::fmt::Write as _;
 
-use fhirwall_store::{CurrentQuery, IndexTerm, NoMatchGuard, ResourceKey};
+use fhirwall_store::{Clause, CurrentQuery, IndexTerm, NoMatchGuard, ResourceKey};
 use rusqlite::types::Value;
 
 use crate::rows::{VERSION_COLUMNS, bound, limit};
+use crate::writer::posting;
 
 /// What the statement returns.
 #[derive(Debug, Clone, Copy)]
@@ -17,57 +18,106 @@ pub(crate) enum Select {
     Versions,
     /// Only the ids, in commit order (a guard needs nothing more).
     Ids,
+    /// The number of matches (`after_seq` and `limit` do not apply).
+    Count,
 }
 
-/// The statement and its parameters, or `None` when nothing can match (a clause with no
-/// terms, a zero limit), so no statement needs to run.
+/// The statement and its parameters, or `None` when nothing can match (a clause that admits
+/// nothing, a zero limit), so no statement needs to run.
 pub(crate) fn render(query: &CurrentQuery, select: Select) -> Option<(String, Vec<Value>)> {
-    if query.limit == 0 || query.clauses.iter().any(Vec::is_empty) {
+    let counting = matches!(select, Select::Count);
+    if (query.limit == 0 && !counting) || query.clauses.iter().any(Clause::is_empty) {
         return None;
     }
     let column = match select {
         Select::Versions => "c.seq",
         Select::Ids => "c.id",
+        Select::Count => "count(*)",
     };
+    let has_ids = query.clauses.iter().any(|c| matches!(c, Clause::Ids(_)));
+    let by_terms = !has_ids && query.clauses.iter().any(|c| matches!(c, Clause::Terms(_)));
+    // When a posting list drives, the unary plus keeps the planner from walking every
+    // resource of the type by the primary key instead (it cannot know how short lists are).
+    let scope = if by_terms { "+" } else { "" };
     let mut sql = format!(
         "SELECT {column} FROM resource_current c \
-         WHERE c.tenant = ?1 AND c.rtype = ?2 AND c.deleted = 0"
+         WHERE {scope}c.tenant = ?1 AND {scope}c.rtype = ?2 AND c.deleted = 0"
     );
     let mut args = vec![
         Value::Text(query.tenant.as_str().to_string()),
         Value::Text(query.resource_type.as_str().to_string()),
     ];
-    if let Some(id) = &query.id {
-        args.push(Value::Text(id.as_str().to_string()));
-        let _ = write!(sql, " AND c.id = ?{}", args.len());
+    // Ids drive through the primary key; otherwise the first term clause drives.
+    let mut driven = has_ids;
+    for clause in &query.clauses {
+        match clause {
+            Clause::Ids(ids) => {
+                sql.push_str(" AND c.id IN (");
+                for (n, id) in ids.iter().enumerate() {
+                    args.push(Value::Text(id.as_str().to_string()));
+                    let comma = if n == 0 { "" } else { ", " };
+                    let _ = write!(sql, "{comma}?{}", args.len());
+                }
+                sql.push(')');
+            }
+            Clause::Terms(terms) if !driven => {
+                // The first term clause's posting lists drive the lookup: terms are blind-index
+                // identifiers, so these lists are short while the type may hold millions.
+                driven = true;
+                sql.push_str(" AND c.rid IN (SELECT s.rid FROM search_index s WHERE s.term IN (");
+                push_terms(&mut sql, &mut args, terms);
+                sql.push_str("))");
+            }
+            Clause::Terms(terms) => {
+                // Every further clause is a probe of the candidate's own postings.
+                sql.push_str(
+                    " AND EXISTS (SELECT 1 FROM search_index s WHERE s.rid = c.rid AND s.term IN (",
+                );
+                push_terms(&mut sql, &mut args, terms);
+                sql.push_str("))");
+            }
+            Clause::Updated(windows) => {
+                sql.push_str(
+                    " AND EXISTS (SELECT 1 FROM resource_versions u WHERE u.seq = c.seq AND (",
+                );
+                for (n, (from, to)) in windows.iter().enumerate() {
+                    if n > 0 {
+                        sql.push_str(" OR ");
+                    }
+                    sql.push('(');
+                    let mut parts = Vec::new();
+                    if let Some(from) = from {
+                        args.push(Value::Integer(*from));
+                        parts.push(format!("u.last_updated >= ?{}", args.len()));
+                    }
+                    if let Some(to) = to {
+                        args.push(Value::Integer(*to));
+                        parts.push(format!("u.last_updated <= ?{}", args.len()));
+                    }
+                    if parts.is_empty() {
+                        parts.push("1".into());
+                    }
+                    sql.push_str(&parts.join(" AND "));
+                    sql.push(')');
+                }
+                sql.push_str("))");
+            }
+        }
     }
-    let mut clauses = query.clauses.iter();
-    if let Some(first) = clauses.next() {
-        // The first clause's posting lists (search_terms_by_term) drive the lookup: terms are
-        // blind-index identifiers, so these lists are short while the type may hold millions.
-        sql.push_str(
-            " AND c.id IN (SELECT t.id FROM search_terms t \
-             WHERE t.tenant = ?1 AND t.rtype = ?2 AND t.term IN (",
-        );
-        push_terms(&mut sql, &mut args, first);
-        sql.push_str("))");
-    }
-    for clause in clauses {
-        // Every further clause is a probe of the candidate's own terms (the primary key).
-        sql.push_str(
-            " AND EXISTS (SELECT 1 FROM search_terms t WHERE t.tenant = c.tenant \
-             AND t.rtype = c.rtype AND t.id = c.id AND t.term IN (",
-        );
-        push_terms(&mut sql, &mut args, clause);
-        sql.push_str("))");
-    }
-    if let Some(after) = query.after_seq {
+    if let Some(after) = query.after_seq.filter(|_| !counting) {
         args.push(Value::Integer(bound(after)));
         let _ = write!(sql, " AND c.seq > ?{}", args.len());
     }
-    // With terms, `+c.seq` keeps the planner from walking resource_current_by_seq in order
-    // (which would visit every resource of the type to find a rare term) and lets the
-    // posting list drive; without terms that walk in commit order is exactly right.
+    if let Some(up_to) = query.up_to_seq {
+        args.push(Value::Integer(bound(up_to)));
+        let _ = write!(sql, " AND +c.seq <= ?{}", args.len());
+    }
+    if counting {
+        return Some((sql, args));
+    }
+    // With a narrowing clause, `+c.seq` keeps the planner from walking resource_current_by_seq
+    // in order (which would visit every resource of the type to find a rare term) and lets the
+    // posting list drive; without one that walk in commit order is exactly right.
     if query.clauses.is_empty() {
         sql.push_str(" ORDER BY c.seq");
     } else {
@@ -82,14 +132,14 @@ pub(crate) fn render(query: &CurrentQuery, select: Select) -> Option<(String, Ve
             "SELECT {VERSION_COLUMNS} FROM resource_versions v WHERE v.seq IN ({sql}) \
              ORDER BY v.seq"
         ),
-        Select::Ids => sql,
+        Select::Ids | Select::Count => sql,
     };
     Some((sql, args))
 }
 
 fn push_terms(sql: &mut String, args: &mut Vec<Value>, terms: &[IndexTerm]) {
     for (n, term) in terms.iter().enumerate() {
-        args.push(Value::Blob(term.0.to_vec()));
+        args.push(Value::Blob(posting(term).to_vec()));
         let comma = if n == 0 { "" } else { ", " };
         let _ = write!(sql, "{comma}?{}", args.len());
     }
@@ -101,9 +151,13 @@ pub(crate) fn guard_plan(key: &ResourceKey, guard: &NoMatchGuard) -> CurrentQuer
     CurrentQuery {
         tenant: key.tenant.clone(),
         resource_type: key.resource_type.clone(),
-        id: None,
-        clauses: guard.terms.iter().map(|term| vec![*term]).collect(),
+        clauses: guard
+            .terms
+            .iter()
+            .map(|term| Clause::Terms(vec![*term]))
+            .collect(),
         after_seq: None,
+        up_to_seq: None,
         limit: 2,
     }
 }
@@ -120,9 +174,9 @@ mod tests {
         CurrentQuery {
             tenant: TenantId::default_tenant(),
             resource_type: ResourceType::parse("Patient").unwrap(),
-            id: None,
-            clauses,
+            clauses: clauses.into_iter().map(Clause::Terms).collect(),
             after_seq: None,
+            up_to_seq: None,
             limit: 10,
         }
     }
@@ -158,7 +212,8 @@ mod tests {
         for select in [Select::Versions, Select::Ids] {
             let explained = query_plan(&terms, select);
             assert!(
-                explained.contains("search_terms_by_term"),
+                explained.contains("SEARCH s USING PRIMARY KEY (term=?)")
+                    && explained.contains("resource_current_by_rid"),
                 "{select:?}: {explained}"
             );
             assert!(
@@ -167,6 +222,24 @@ mod tests {
             );
             assert!(!explained.contains("SCAN"), "{select:?}: {explained}");
         }
+    }
+
+    /// Ids go straight to the primary key, terms then only probe each candidate's postings.
+    #[test]
+    fn ids_drive_through_the_primary_key() {
+        let mut query = plan(vec![vec![IndexTerm([1; 16])]]);
+        query.clauses.push(Clause::Ids(vec![
+            fhirwall_store::ResourceId::parse("a").unwrap(),
+            fhirwall_store::ResourceId::parse("b").unwrap(),
+        ]));
+        query.clauses.push(Clause::Updated(vec![(Some(1), None)]));
+        let explained = query_plan(&query, Select::Versions);
+        assert!(
+            explained.contains("SEARCH c USING PRIMARY KEY (tenant=? AND rtype=? AND id=?)"),
+            "{explained}"
+        );
+        assert!(explained.contains("(term=? AND rid=?)"), "{explained}");
+        assert!(!explained.contains("SCAN"), "{explained}");
     }
 
     /// Without terms, the commit-order index answers the first page without a sort.

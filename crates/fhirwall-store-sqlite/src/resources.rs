@@ -3,9 +3,9 @@
 //! Lookups are sub-selects, never joins (see `plan`).
 
 use fhirwall_store::{
-    CurrentQuery, CurrentVersion, HistoryQuery, ResourceKey, ResourceStore, StoreError,
-    StoreFuture, StoredVersion, TransactionConflict, TransactionRequest, WriteConflict,
-    WriteRequest,
+    CurrentQuery, CurrentVersion, HistoryQuery, ResourceKey, ResourceStore, ResourceType,
+    StoreError, StoreFuture, StoredVersion, TenantId, TransactionConflict, TransactionRequest,
+    WriteConflict, WriteRequest,
 };
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params};
@@ -156,4 +156,102 @@ impl ResourceStore for SqliteStore {
         });
         ready(result)
     }
+
+    fn versions_at(
+        &self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        snapshot: u64,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<StoredVersion>> {
+        let sql = format!(
+            "SELECT {VERSION_COLUMNS} FROM resource_versions v WHERE v.seq IN ( \
+               SELECT (SELECT max(o.seq) FROM resource_versions o WHERE o.tenant = c.tenant \
+                       AND o.rtype = c.rtype AND o.id = c.id AND o.seq <= ?3) \
+               FROM resource_current c WHERE c.tenant = ?1 AND c.rtype = ?2 AND c.seq > ?3) \
+             AND v.method != 'delete' AND v.seq > ?4 ORDER BY v.seq LIMIT +?5"
+        );
+        let result = self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                rusqlite::params![
+                    tenant.as_str(),
+                    resource_type.as_str(),
+                    rows::bound(snapshot),
+                    rows::bound(after_seq.unwrap_or(0)),
+                    rows::limit(limit)
+                ],
+                rows::version,
+            )?;
+            rows.collect()
+        });
+        ready(result)
+    }
+
+    fn reindex(&self, items: Vec<fhirwall_store::Reindexed>) -> StoreFuture<'_, u64> {
+        self.send(move |reply| {
+            Command::Run(
+                Box::new(move |tx| crate::writer::reindex(tx, &items)),
+                reply,
+            )
+        })
+    }
+
+    fn read_setting<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<String>> {
+        let result = self.with_reader(|conn| {
+            conn.prepare_cached("SELECT value FROM settings WHERE name = ?1")?
+                .query_row([name], |row| row.get(0))
+                .optional()
+        });
+        ready(result)
+    }
+
+    fn write_setting(&self, name: String, value: String) -> StoreFuture<'_, ()> {
+        // Through the writer once it runs (one writer for every runtime write); before that
+        // (start-up, operator commands) on the admin connection.
+        if self.writer_running() {
+            let done = self.send(move |reply| {
+                Command::Run(
+                    Box::new(move |tx| {
+                        upsert_setting(tx, &name, &value).map_err(rows::store_error)?;
+                        Ok(0)
+                    }),
+                    reply,
+                )
+            });
+            return Box::pin(async move { done.await.map(|_| ()) });
+        }
+        ready(self.with_admin(|conn| upsert_setting(conn, &name, &value)))
+    }
+
+    fn last_seq(&self) -> StoreFuture<'_, u64> {
+        let result = self.with_reader(|conn| {
+            conn.prepare_cached("SELECT coalesce(max(seq), 0) FROM resource_versions")?
+                .query_row([], |row| rows::unsigned(row, 0, "seq"))
+        });
+        ready(result)
+    }
+
+    fn count_current(&self, query: CurrentQuery) -> StoreFuture<'_, u64> {
+        let Some((sql, args)) = render(&query, Select::Count) else {
+            return ready(Ok(0));
+        };
+        let result = self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            stmt.query_row(rusqlite::params_from_iter(args), |row| {
+                rows::unsigned(row, 0, "count")
+            })
+        });
+        ready(result)
+    }
+}
+
+fn upsert_setting(conn: &rusqlite::Connection, name: &str, value: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO settings (name, value) VALUES (?1, ?2) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        params![name, value],
+    )
+    .map(|_| ())
 }

@@ -40,7 +40,12 @@ pub(crate) enum Command {
         reply: Reply<bool>,
     },
     SaveKey(fhirwall_store::StoredKey, Reply<()>),
+    /// Work of the store's own (index maintenance, settings) that commits with the batch.
+    Run(StoreWork, Reply<u64>),
 }
+
+/// A piece of the store's own work, run inside the writer's transaction.
+pub(crate) type StoreWork = Box<dyn FnOnce(&Transaction<'_>) -> Result<u64, StoreError> + Send>;
 
 pub(crate) struct WriterHandle {
     pub(crate) sender: Sender<Command>,
@@ -148,6 +153,7 @@ enum Pending {
     Audit(Reply<u64>, Result<u64, StoreError>),
     Jti(Reply<bool>, Result<bool, StoreError>),
     SaveKey(Reply<()>, Result<(), StoreError>),
+    Run(Reply<u64>, Result<u64, StoreError>),
 }
 
 fn run(
@@ -195,6 +201,7 @@ fn run(
                         Pending::Audit(reply, result) => drop(reply.send(result)),
                         Pending::Jti(reply, result) => drop(reply.send(result)),
                         Pending::SaveKey(reply, result) => drop(reply.send(result)),
+                        Pending::Run(reply, result) => drop(reply.send(result)),
                     }
                 }
             }
@@ -209,6 +216,7 @@ fn run(
                         Pending::Audit(reply, _) => drop(reply.send(Err(err()))),
                         Pending::Jti(reply, _) => drop(reply.send(Err(err()))),
                         Pending::SaveKey(reply, _) => drop(reply.send(Err(err()))),
+                        Pending::Run(reply, _) => drop(reply.send(Err(err()))),
                     }
                 }
             }
@@ -315,6 +323,13 @@ fn commit_batch(
                 }
                 pending.push(Pending::SaveKey(reply, result));
             }
+            Command::Run(work, reply) => {
+                let result = work(&tx);
+                if let Err(e) = &result {
+                    failure = Some(StoreError::Backend(e.to_string()));
+                }
+                pending.push(Pending::Run(reply, result));
+            }
         }
     }
     if let Some(error) = failure {
@@ -335,6 +350,7 @@ fn failed(command: Command) -> Pending {
         Command::Audit(_, reply) => Pending::Audit(reply, Err(err())),
         Command::Jti { reply, .. } => Pending::Jti(reply, Err(err())),
         Command::SaveKey(_, reply) => Pending::SaveKey(reply, Err(err())),
+        Command::Run(_, reply) => Pending::Run(reply, Err(err())),
     }
 }
 
@@ -454,17 +470,19 @@ fn apply_write(
         key.resource_type.as_str(),
         key.id.as_str(),
     );
-    let current: Option<u64> = tx
+    let existing: Option<(u64, Option<i64>, Option<Vec<u8>>)> = tx
         .prepare_cached(
-            "SELECT version FROM resource_current WHERE tenant = ?1 AND rtype = ?2 AND id = ?3",
+            "SELECT version, rid, terms FROM resource_current \
+             WHERE tenant = ?1 AND rtype = ?2 AND id = ?3",
         )
         .and_then(|mut s| {
             s.query_row(params![tenant, rtype, id], |row| {
-                rows::unsigned(row, 0, "version")
+                Ok((rows::unsigned(row, 0, "version")?, row.get(1)?, row.get(2)?))
             })
             .optional()
         })
         .map_err(store_error)?;
+    let current = existing.as_ref().map(|(version, _, _)| *version);
     let matches = match request.expect {
         Expect::Absent => current.is_none(),
         Expect::Current(n) => current == Some(n),
@@ -507,11 +525,20 @@ fn apply_write(
     })
     .map_err(store_error)?;
     let seq = tx.last_insert_rowid();
+    // A resource's number is the sequence number of its first version: unique and stable.
+    let (rid, old_postings) = match &existing {
+        Some((_, Some(rid), terms)) => (*rid, postings(terms.as_deref())),
+        _ => (seq, Vec::new()),
+    };
+    let mut new_postings: Vec<[u8; POSTING]> = request.index_terms.iter().map(posting).collect();
+    new_postings.sort_unstable();
+    new_postings.dedup();
     tx.prepare_cached(
-        "INSERT INTO resource_current (tenant, rtype, id, version, deleted, seq, pointer_tag) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+        "INSERT INTO resource_current (tenant, rtype, id, version, deleted, seq, pointer_tag, rid, terms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
          ON CONFLICT (tenant, rtype, id) DO UPDATE SET version = excluded.version, \
-         deleted = excluded.deleted, seq = excluded.seq, pointer_tag = excluded.pointer_tag",
+         deleted = excluded.deleted, seq = excluded.seq, pointer_tag = excluded.pointer_tag, \
+         rid = excluded.rid, terms = excluded.terms",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -521,31 +548,130 @@ fn apply_write(
             rows::bound(v.version),
             i64::from(v.is_deleted()),
             seq,
-            request.pointer_tag.0.as_slice()
+            request.pointer_tag.0.as_slice(),
+            rid,
+            new_postings.concat()
         ])
     })
     .map_err(store_error)?;
-    if current.is_some() {
-        tx.prepare_cached("DELETE FROM search_terms WHERE tenant = ?1 AND rtype = ?2 AND id = ?3")
-            .and_then(|mut s| s.execute(params![tenant, rtype, id]))
-            .map_err(store_error)?;
-    }
-    {
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT OR IGNORE INTO search_terms (tenant, rtype, id, term) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .map_err(store_error)?;
-        for term in &request.index_terms {
-            insert
-                .execute(params![tenant, rtype, id, term.0.as_slice()])
-                .map_err(store_error)?;
-        }
-    }
+    replace_postings(tx, rid, &old_postings, &new_postings)?;
     append_audit(tx, &request.audit, chain, head)?;
     let seq = u64::try_from(seq)
         .map_err(|_| StoreError::Corrupt("a version's sequence number is negative".into()))?;
     Ok(Ok(seq))
+}
+
+/// Writes only the postings that change: an update that keeps most values touches few
+/// index pages. Both lists are sorted.
+fn replace_postings(
+    tx: &Transaction<'_>,
+    rid: i64,
+    old_postings: &[[u8; POSTING]],
+    new_postings: &[[u8; POSTING]],
+) -> Result<(), StoreError> {
+    let mut delete = tx
+        .prepare_cached("DELETE FROM search_index WHERE term = ?1 AND rid = ?2")
+        .map_err(store_error)?;
+    for old in old_postings
+        .iter()
+        .filter(|p| new_postings.binary_search(p).is_err())
+    {
+        delete
+            .execute(params![old.as_slice(), rid])
+            .map_err(store_error)?;
+    }
+    let mut insert = tx
+        .prepare_cached("INSERT OR IGNORE INTO search_index (term, rid) VALUES (?1, ?2)")
+        .map_err(store_error)?;
+    for new in new_postings
+        .iter()
+        .filter(|p| old_postings.binary_search(p).is_err())
+    {
+        insert
+            .execute(params![new.as_slice(), rid])
+            .map_err(store_error)?;
+    }
+    Ok(())
+}
+
+/// Replaces the postings of current versions that are still current (a newer version has
+/// its own). Returns how many were replaced.
+pub(crate) fn reindex(
+    tx: &Transaction<'_>,
+    items: &[fhirwall_store::Reindexed],
+) -> Result<u64, StoreError> {
+    let mut done = 0;
+    for item in items {
+        let key = &item.key;
+        let row: Option<(u64, Option<i64>, Option<Vec<u8>>)> = tx
+            .prepare_cached(
+                "SELECT version, rid, terms FROM resource_current \
+                 WHERE tenant = ?1 AND rtype = ?2 AND id = ?3 AND deleted = 0",
+            )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![
+                        key.tenant.as_str(),
+                        key.resource_type.as_str(),
+                        key.id.as_str()
+                    ],
+                    |row| Ok((rows::unsigned(row, 0, "version")?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()
+            })
+            .map_err(store_error)?;
+        let Some((version, Some(rid), terms)) = row else {
+            continue;
+        };
+        if version != item.version {
+            continue;
+        }
+        let old_postings = postings(terms.as_deref());
+        let mut new_postings: Vec<[u8; POSTING]> = item.terms.iter().map(posting).collect();
+        new_postings.sort_unstable();
+        new_postings.dedup();
+        replace_postings(tx, rid, &old_postings, &new_postings)?;
+        tx.prepare_cached(
+            "UPDATE resource_current SET terms = ?4 WHERE tenant = ?1 AND rtype = ?2 AND id = ?3",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                key.tenant.as_str(),
+                key.resource_type.as_str(),
+                key.id.as_str(),
+                new_postings.concat()
+            ])
+        })
+        .map_err(store_error)?;
+        done += 1;
+    }
+    Ok(done)
+}
+
+/// Bytes of a term the index keeps (see `IndexTerm`).
+pub(crate) const POSTING: usize = 8;
+
+pub(crate) fn posting(term: &fhirwall_store::IndexTerm) -> [u8; POSTING] {
+    let mut out = [0u8; POSTING];
+    for (o, b) in out.iter_mut().zip(term.0.iter()) {
+        *o = *b;
+    }
+    out
+}
+
+/// The postings a current row lists, sorted.
+fn postings(terms: Option<&[u8]>) -> Vec<[u8; POSTING]> {
+    let mut out: Vec<[u8; POSTING]> = terms
+        .unwrap_or_default()
+        .chunks_exact(POSTING)
+        .map(|chunk| {
+            let mut p = [0u8; POSTING];
+            p.copy_from_slice(chunk);
+            p
+        })
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 #[cfg(test)]

@@ -111,7 +111,10 @@ pub struct CurrentVersion {
     pub pointer_tag: Option<IntegrityTag>,
 }
 
-/// A blind-index term (a keyed MAC of a normalized search value).
+/// A blind-index term (a keyed MAC of a normalized search value, scoped by the MAC to one
+/// tenant and resource type). A backend may keep only its first 8 bytes: two different terms
+/// then share a posting with probability 2^-64, which a search only sees as one extra
+/// candidate among millions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IndexTerm(pub [u8; 16]);
 
@@ -191,6 +194,15 @@ pub struct TransactionConflict {
     pub conflict: WriteConflict,
 }
 
+/// New index terms for a current version (a reindex): applied only while that version is
+/// still the current one.
+#[derive(Debug, Clone)]
+pub struct Reindexed {
+    pub key: ResourceKey,
+    pub version: u64,
+    pub terms: Vec<IndexTerm>,
+}
+
 /// Which history to page through, newest first.
 #[derive(Debug, Clone)]
 pub struct HistoryQuery {
@@ -205,17 +217,41 @@ pub struct HistoryQuery {
 }
 
 /// A plan over current, non-deleted resources of one type, as the application's indexing
-/// module builds it: every clause must hold, and a clause holds when the resource carries any
-/// one of its terms (AND of ORs). Results come in commit order.
+/// module builds it: every clause must hold (AND). Results come in commit order.
 #[derive(Debug, Clone)]
 pub struct CurrentQuery {
     pub tenant: TenantId,
     pub resource_type: ResourceType,
-    pub id: Option<ResourceId>,
-    pub clauses: Vec<Vec<IndexTerm>>,
+    pub clauses: Vec<Clause>,
     /// Only resources whose current version was committed after this sequence number.
     pub after_seq: Option<u64>,
+    /// Only resources whose current version was committed at or before this sequence number
+    /// (the snapshot a paged search started from).
+    pub up_to_seq: Option<u64>,
     pub limit: usize,
+}
+
+/// One condition of a [`CurrentQuery`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Clause {
+    /// The resource carries at least one of these terms (an empty list matches nothing).
+    Terms(Vec<IndexTerm>),
+    /// The resource's id is one of these (an empty list matches nothing).
+    Ids(Vec<ResourceId>),
+    /// The current version's last update falls in one of these windows: microseconds since
+    /// 1970, both ends inclusive, `None` unbounded (an empty list matches nothing).
+    Updated(Vec<(Option<i64>, Option<i64>)>),
+}
+
+impl Clause {
+    /// Whether the clause can match nothing at all.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Clause::Terms(t) => t.is_empty(),
+            Clause::Ids(ids) => ids.is_empty(),
+            Clause::Updated(windows) => windows.is_empty(),
+        }
+    }
 }
 
 /// A wrapped key as persisted; the store never sees an unwrapped key. The same type is what
@@ -282,8 +318,34 @@ pub trait ResourceStore: Send + Sync {
         version: u64,
     ) -> StoreFuture<'a, Option<StoredVersion>>;
     fn history(&self, query: HistoryQuery) -> StoreFuture<'_, Vec<StoredVersion>>;
-    /// Current, non-deleted versions matching the plan.
+    /// Current, non-deleted versions matching the plan, at most `limit`, in commit order.
     fn find_current(&self, query: CurrentQuery) -> StoreFuture<'_, Vec<StoredVersion>>;
+    /// How many current, non-deleted resources match the plan (`after_seq` and `limit` are
+    /// ignored; `up_to_seq` applies).
+    fn count_current(&self, query: CurrentQuery) -> StoreFuture<'_, u64>;
+    /// For resources of the type whose current version was committed after `snapshot`: the
+    /// version that was current at `snapshot`, when there was one and it was not a deletion,
+    /// committed after `after_seq`, at most `limit`, in commit order. With
+    /// [`ResourceStore::find_current`] up to `snapshot`, this is the type as it stood then.
+    fn versions_at(
+        &self,
+        tenant: &TenantId,
+        resource_type: &ResourceType,
+        snapshot: u64,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<StoredVersion>>;
+    /// Replaces the index terms of current versions that are still current (a version
+    /// written since carries its own); returns how many were replaced. One durable commit.
+    fn reindex(&self, items: Vec<Reindexed>) -> StoreFuture<'_, u64>;
+    /// A setting of the server's own (such as which search parameters the index was built
+    /// for); never patient data.
+    fn read_setting<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<String>>;
+    /// Stores a setting durably.
+    fn write_setting(&self, name: String, value: String) -> StoreFuture<'_, ()>;
+    /// The sequence number of the newest committed version (0 before the first): the
+    /// snapshot a paged search starts from.
+    fn last_seq(&self) -> StoreFuture<'_, u64>;
 }
 
 /// The audit trail.

@@ -8,6 +8,7 @@
 //! (`Patient.name[0].given[1]`), a stable rule id and a sentence that names the element and
 //! the rule but never the offending value.
 
+mod fhirpath_patch;
 mod invariant;
 mod issue;
 mod model;
@@ -25,6 +26,7 @@ use fhirwall_definitions::{Definitions, Kind, StructureDef};
 use fhirwall_fhirpath::DateTimeValue;
 use serde_json::Value;
 
+pub use fhirpath_patch::{FhirPathPatchError, apply_fhirpath_patch};
 pub use invariant::InvariantSupport;
 pub use issue::{Issue, IssueCode, Outcome, Severity};
 pub use model::DefinitionsModel;

@@ -50,6 +50,16 @@ pub struct ServeArgs {
     /// refused (507) and failed authentications are only summarised.
     #[arg(long, env = "FHIRWALL_MIN_FREE_DISK_BYTES")]
     pub min_free_disk_bytes: Option<u64>,
+    /// The largest page a search answers (default 1000; `_count` above it is lowered).
+    #[arg(long, env = "FHIRWALL_SEARCH_MAX_COUNT")]
+    pub search_max_count: Option<usize>,
+    /// The most resources `_include` and `_revinclude` add to one search page (default 1000).
+    #[arg(long, env = "FHIRWALL_SEARCH_MAX_INCLUDES")]
+    pub search_max_includes: Option<usize>,
+    /// Whether writes that refer to a resource of this server that does not exist are
+    /// refused with 422 (default true).
+    #[arg(long, env = "FHIRWALL_REFERENTIAL_INTEGRITY")]
+    pub referential_integrity: Option<bool>,
     /// The storage backend: `sqlite` (the embedded default, in the data directory).
     #[arg(long, env = "FHIRWALL_DATABASE")]
     pub database: Option<String>,
@@ -94,6 +104,9 @@ struct FileConfig {
     max_header_bytes: Option<usize>,
     auth_failures_per_minute: Option<u32>,
     min_free_disk_bytes: Option<u64>,
+    search_max_count: Option<usize>,
+    search_max_includes: Option<usize>,
+    referential_integrity: Option<bool>,
     database: Option<String>,
     log_format: Option<String>,
     jwks_ca: Option<PathBuf>,
@@ -125,6 +138,9 @@ pub struct Settings {
     pub max_header_bytes: usize,
     pub auth_failures_per_minute: u32,
     pub min_free_disk_bytes: u64,
+    pub search_max_count: usize,
+    pub search_max_includes: usize,
+    pub referential_integrity: bool,
     pub backend: Backend,
     pub log_json: bool,
     pub jwks_ca: Option<PathBuf>,
@@ -227,6 +243,24 @@ impl Settings {
             .min_free_disk_bytes
             .or(file.min_free_disk_bytes)
             .unwrap_or(256 * 1024 * 1024);
+        let search_max_count = args
+            .search_max_count
+            .or(file.search_max_count)
+            .unwrap_or(1_000);
+        if !(1..=10_000).contains(&search_max_count) {
+            bail!("search_max_count must be between 1 and 10000");
+        }
+        let search_max_includes = args
+            .search_max_includes
+            .or(file.search_max_includes)
+            .unwrap_or(1_000);
+        if search_max_includes > 10_000 {
+            bail!("search_max_includes must be at most 10000");
+        }
+        let referential_integrity = args
+            .referential_integrity
+            .or(file.referential_integrity)
+            .unwrap_or(true);
         let backend = match args.database.or(file.database).as_deref() {
             None | Some("sqlite") => Backend::Sqlite,
             Some(other) => bail!(
@@ -289,6 +323,9 @@ impl Settings {
             max_header_bytes,
             auth_failures_per_minute,
             min_free_disk_bytes,
+            search_max_count,
+            search_max_includes,
+            referential_integrity,
             backend,
             log_json,
             jwks_ca: args.jwks_ca.or(file.jwks_ca),

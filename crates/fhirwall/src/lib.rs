@@ -140,6 +140,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let fetcher = fhirwall_auth::JwksFetcher::new(extra_ca.as_deref())?;
     let mut config = ServiceConfig::new(base_url.clone());
     config.auth_failures_per_minute = settings.auth_failures_per_minute;
+    config.search_max_count = settings.search_max_count;
+    config.search_max_includes = settings.search_max_includes;
+    config.referential_integrity = settings.referential_integrity;
     let service = Service::new(
         ServiceParts {
             store: store.clone(),
@@ -160,6 +163,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("loading profiles: {e}"))?;
     tracing::info!(profiles, "profiles loaded");
+    if service
+        .load_search_parameters()
+        .await
+        .map_err(|e| anyhow::anyhow!("loading search parameters: {e}"))?
+    {
+        service.start_reindex();
+    }
     let maintenance = {
         let service = service.clone();
         tokio::spawn(async move {

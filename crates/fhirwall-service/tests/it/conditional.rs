@@ -126,11 +126,8 @@ async fn conditions_need_criteria_and_match_at_most_one() {
     app.create_patient("MRN-1").await;
     let cases: [(&str, &[(&str, &str)]); 3] = [
         ("no criteria", &[]),
-        ("an unsupported parameter", &[("name", "Doe")]),
-        (
-            "several values",
-            &[("identifier", "urn:mrn|MRN-1,urn:mrn|MRN-2")],
-        ),
+        ("an unknown parameter", &[("shoe-size", "42")]),
+        ("a result parameter", &[("_count", "1")]),
     ];
     for (name, params) in cases {
         let result = app

@@ -12,6 +12,7 @@ mod clock;
 mod conditional;
 mod crud;
 mod scopes;
+mod search;
 mod search_limits;
 mod tampering;
 mod token;

@@ -316,7 +316,7 @@ async fn a_live_resource_hidden_from_search_is_named_by_verify() {
 async fn a_removed_index_term_is_named_by_verify() {
     let (app, pid, _, _) = edit_and_reopen(
         setup().await,
-        "DELETE FROM search_terms WHERE id = '{pid}';",
+        "DELETE FROM search_index WHERE rid = (SELECT rid FROM resource_current WHERE id = '{pid}');",
     )
     .await;
     assert!(!pid.as_str().is_empty());

@@ -206,12 +206,44 @@ async fn every_class_of_bad_input_is_refused_and_changes_nothing() {
         .http
         .patch(c.fhir(&format!("Patient/{id}")))
         .bearer_auth(&c.token)
-        .header(CONTENT_TYPE, "application/fhir+json")
+        .header(CONTENT_TYPE, "text/plain")
         .body("[]")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 415);
+    // A FHIR JSON body is a FHIRPath Patch: anything but a Parameters resource is refused.
+    let r = c
+        .http
+        .patch(c.fhir(&format!("Patient/{id}")))
+        .bearer_auth(&c.token)
+        .header(CONTENT_TYPE, "application/fhir+json")
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(code_of(&json(r).await), "invalid-patch");
+    let r = c
+        .http
+        .patch(c.fhir(&format!("Patient/{id}")))
+        .bearer_auth(&c.token)
+        .header(CONTENT_TYPE, "application/json-patch+json")
+        .body(r#"{"resourceType":"Parameters"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .http
+        .patch(c.fhir(&format!("Patient/{id}")))
+        .bearer_auth(&c.token)
+        .header(CONTENT_TYPE, "application/fhir+json")
+        .body(r#"{"resourceType":"Parameters","parameter":[{"name":"operation","part":[{"name":"type","valueCode":"explode"},{"name":"path","valueString":"Patient"}]}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     let r = c
         .http
         .patch(c.fhir(&format!("Patient/{id}")))
@@ -245,23 +277,23 @@ async fn every_class_of_bad_input_is_refused_and_changes_nothing() {
     // Unsupported search parameters: an error when the client asks for strict handling,
     // otherwise ignored and left out of the self link (FHIR's default).
     let r = c
-        .get("Patient?name=x")
+        .get("Patient?frobnicate=x")
         .header("Prefer", "handling=strict")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(code_of(&json(r).await), "unknown-search-parameter");
-    let r = c.get("Patient?name=x&_count=5").send().await.unwrap();
+    let r = c.get("Patient?frobnicate=x&_count=5").send().await.unwrap();
     assert_eq!(r.status(), 200);
     let bundle = json(r).await;
     let self_link = bundle["link"][0]["url"].as_str().unwrap().to_string();
-    assert!(!self_link.contains("name="), "{self_link}");
+    assert!(!self_link.contains("frobnicate="), "{self_link}");
     assert!(self_link.contains("_count=5"), "{self_link}");
     // Conditional interactions never ignore a criterion.
     let r = c
         .put(
-            "Patient?identifier=MRN-V&name=x",
+            "Patient?identifier=MRN-V&frobnicate=x",
             &patient("Valid", "MRN-V"),
         )
         .send()

@@ -13,6 +13,7 @@ mod examples;
 mod input;
 mod reserve;
 mod rest;
+mod search;
 mod tls;
 mod validation;
 mod xml;

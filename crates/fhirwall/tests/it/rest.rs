@@ -229,6 +229,129 @@ async fn create_read_update_patch_delete_and_versions() {
 }
 
 #[tokio::test]
+async fn fhirpath_patch_in_json_xml_and_transactions() {
+    let server = Server::start().await;
+    let c = server.client("system/*.cruds").await;
+    let mut body = patient("Patchy", "MRN-FP");
+    body["active"] = json!(true);
+    body.as_object_mut().unwrap().remove("gender");
+    let created = c.create(&body).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    // FHIRPath Patch, in JSON and in XML.
+    let fhirpath_patch = json!({
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "operation", "part": [
+                {"name": "type", "valueCode": "replace"},
+                {"name": "path", "valueString": "Patient.birthDate"},
+                {"name": "value", "valueDate": "1976-06-06"}
+            ]},
+            {"name": "operation", "part": [
+                {"name": "type", "valueCode": "add"},
+                {"name": "path", "valueString": "Patient"},
+                {"name": "name", "valueString": "gender"},
+                {"name": "value", "valueCode": "female"}
+            ]},
+            {"name": "operation", "part": [
+                {"name": "type", "valueCode": "delete"},
+                {"name": "path", "valueString": "Patient.active"}
+            ]}
+        ]
+    });
+    let r = c
+        .http
+        .patch(c.fhir(&format!("Patient/{id}")))
+        .bearer_auth(&c.token)
+        .header(CONTENT_TYPE, "application/fhir+json")
+        .body(fhirpath_patch.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_eq!(status, 200, "{}", r.text().await.unwrap());
+    let patched = json(r).await;
+    assert_eq!(patched["meta"]["versionId"], "2");
+    assert_eq!(patched["birthDate"], "1976-06-06");
+    assert_eq!(patched["gender"], "female");
+    assert!(patched.get("active").is_none());
+    let xml_patch = r#"<Parameters xmlns="http://hl7.org/fhir"><parameter><name value="operation"/><part><name value="type"/><valueCode value="replace"/></part><part><name value="path"/><valueString value="Patient.gender"/></part><part><name value="value"/><valueCode value="male"/></part></parameter></Parameters>"#;
+    let r = c
+        .http
+        .patch(c.fhir(&format!("Patient/{id}")))
+        .bearer_auth(&c.token)
+        .header(CONTENT_TYPE, "application/fhir+xml")
+        .header("Accept", "application/fhir+json")
+        .body(xml_patch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(r).await["gender"], "male");
+    // A FHIRPath Patch that cannot apply (add to an element that has a value; a value of the
+    // wrong type) changes nothing.
+    for value in [
+        json!({"name": "value", "valueCode": "other"}),
+        json!({"name": "value", "valueBoolean": true}),
+    ] {
+        let op = if value.get("valueCode").is_some() {
+            "add"
+        } else {
+            "replace"
+        };
+        let mut parts = vec![
+            json!({"name": "type", "valueCode": op}),
+            json!({"name": "path", "valueString": if op == "add" { "Patient" } else { "Patient.gender" }}),
+            value,
+        ];
+        if op == "add" {
+            parts.push(json!({"name": "name", "valueString": "gender"}));
+        }
+        let body = json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": parts}]});
+        let r = c
+            .http
+            .patch(c.fhir(&format!("Patient/{id}")))
+            .bearer_auth(&c.token)
+            .header(CONTENT_TYPE, "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{op}");
+    }
+    let current = json(c.get(&format!("Patient/{id}")).send().await.unwrap()).await;
+    assert_eq!(current["meta"]["versionId"], "3");
+
+    // Inside a transaction, the entry's resource is the Parameters resource.
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{
+            "resource": {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+                {"name": "type", "valueCode": "replace"},
+                {"name": "path", "valueString": "Patient.birthDate"},
+                {"name": "value", "valueDate": "1990-09-09"}
+            ]}]},
+            "request": {"method": "PATCH", "url": format!("Patient/{id}")}
+        }]
+    });
+    let r = c.post("", &bundle).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let answer = json(r).await;
+    assert!(
+        answer["entry"][0]["response"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("200"),
+        "{answer}"
+    );
+    let current = json(c.get(&format!("Patient/{id}")).send().await.unwrap()).await;
+    assert_eq!(current["birthDate"], "1990-09-09");
+    assert_eq!(current["meta"]["versionId"], "4");
+    let (ok, out) = server.audit_verify();
+    assert!(ok, "{out}");
+}
+
+#[tokio::test]
 async fn update_as_create_and_prefer() {
     let server = Server::start().await;
     let c = server.client("system/*.cruds").await;
@@ -439,8 +562,11 @@ async fn conditional_create_update_delete_by_identifier() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    // Unsupported criteria are refused, not ignored.
+    // Criteria that match several resources delete none of them.
     let r = c.delete("Patient?name=Dup").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    // Unsupported criteria are refused, not ignored.
+    let r = c.delete("Patient?frobnicate=Dup").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
 
