@@ -59,16 +59,19 @@ pub enum SearchOp {
     ObservationChain,
     /// `Patient?_has:Observation:subject:code=...|8867-4&family=F&_count=20`: reverse chaining.
     PatientHas,
+    /// `Observation?subject:Patient.identifier=MRN&code=...|8867-4`: a chain to one patient.
+    ObservationChainIdentifier,
 }
 
 impl SearchOp {
-    const ALL: [(SearchOp, &'static str); 6] = [
+    const ALL: [(SearchOp, &'static str); 7] = [
         (SearchOp::PatientFamily, "search-family"),
         (SearchOp::ObservationSubject, "search-subject"),
         (SearchOp::ObservationCodeDate, "search-code-date"),
         (SearchOp::ObservationInclude, "search-include"),
         (SearchOp::ObservationChain, "search-chain"),
         (SearchOp::PatientHas, "search-has"),
+        (SearchOp::ObservationChainIdentifier, "search-chain-id"),
     ];
 
     fn name(self) -> &'static str {
@@ -151,6 +154,8 @@ pub struct Workload {
     pub observations: Arc<Observations>,
     /// Ids of patients created beforehand (reads and Observation subjects).
     pub pool: Arc<Vec<String>>,
+    /// The MRNs of the pool's patients, by position (for searches by identifier).
+    pub mrns: Arc<Vec<String>>,
     read_paths: Vec<Uri>,
     /// The sequence number of the next body, unique over the whole benchmark process.
     pub seq: Arc<AtomicU64>,
@@ -185,11 +190,18 @@ impl Workload {
             patients,
             observations,
             pool,
+            mrns: Arc::new(Vec::new()),
             read_paths,
             seq,
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         })
+    }
+
+    /// The same workload, with the MRNs of its pool's patients.
+    pub fn with_mrns(mut self, mrns: Arc<Vec<String>>) -> Self {
+        self.mrns = mrns;
+        self
     }
 
     fn pool_index(&self, seq: u64) -> usize {
@@ -257,7 +269,15 @@ impl Workload {
             .get(self.pool_index(seq))
             .map(String::as_str)
             .unwrap_or("none");
+        let mrn = self
+            .mrns
+            .get(self.pool_index(seq))
+            .map(String::as_str)
+            .unwrap_or("none");
         match search {
+            SearchOp::ObservationChainIdentifier => format!(
+                "/fhir/Observation?subject:Patient.identifier=http://hospital.example.org/fhir/sid/mrn%7C{mrn}&code={HEART_RATE}"
+            ),
             SearchOp::PatientFamily => format!("/fhir/Patient?family={family}&_count=20"),
             SearchOp::ObservationSubject => format!("/fhir/Observation?subject=Patient/{patient}"),
             SearchOp::ObservationCodeDate => {

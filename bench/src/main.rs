@@ -56,6 +56,10 @@ struct ServerArgs {
     /// Keep the working directory afterwards.
     #[arg(long)]
     keep_data: bool,
+    /// Serve this existing data directory (filled before, say by `fill --keep-data`) instead of
+    /// a fresh one; it is left as it is afterwards. Search rows then read their pool from it.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// The server's log filter (FHIRWALL_LOG); `info` logs every request.
     #[arg(long, default_value = "warn")]
     server_log: String,
@@ -123,6 +127,10 @@ struct FillArgs {
     /// created first.
     #[arg(long, default_value_t = 0)]
     observations_per_patient: u64,
+    /// Create the resources in transaction Bundles of this many entries instead: one Patient
+    /// and Observations about it (by `urn:uuid`), as a synthetic population is loaded.
+    #[arg(long, conflicts_with = "observations_per_patient")]
+    transaction_size: Option<u64>,
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 10)]
     progress_secs: u64,
@@ -247,7 +255,10 @@ struct Session {
 impl Session {
     async fn start(args: &ServerArgs, work: &WorkDir) -> Result<Session> {
         let bin = server_bin(args.server_bin.as_deref())?;
-        let data_dir = work.path.join("data");
+        let data_dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| work.path.join("data"));
         let fs = filesystem_of(&work.path)
             .map(|(mount, fstype)| format!("{fstype} at {mount}"))
             .unwrap_or_else(|| "unknown file system".into());
@@ -394,6 +405,51 @@ async fn create_observations(
     Ok(())
 }
 
+/// The first `count` Patients of the store (their ids and MRNs), read by one search.
+async fn read_pool(session: &Session, count: u64) -> Result<(Vec<String>, Vec<String>)> {
+    let mut conn = session.target.connect().await?;
+    let path = format!("/fhir/Patient?_count={count}&_elements=identifier");
+    let req = fhirwall_bench::client::request(
+        http::Method::GET,
+        http::Uri::try_from(path.as_str())?,
+        Some(session.token.get()),
+        None,
+        bytes::Bytes::new(),
+    )?;
+    let reply = conn.send(req).await?;
+    if !reply.status.is_success() {
+        bail!(
+            "reading the pool: {} {}",
+            reply.status,
+            reply.body_snippet(300)
+        );
+    }
+    let body: serde_json::Value = serde_json::from_slice(&reply.body)?;
+    let mut ids = Vec::new();
+    let mut mrns = Vec::new();
+    for entry in body
+        .get("entry")
+        .and_then(|e| e.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let Some(id) = entry.pointer("/resource/id").and_then(|v| v.as_str()) else {
+            continue;
+        };
+        let mrn = entry
+            .pointer("/resource/identifier/0/value")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        ids.push(id.to_string());
+        mrns.push(mrn.to_string());
+    }
+    if ids.is_empty() {
+        bail!("the store holds no Patient to search for");
+    }
+    println!("pool:     {} patients read back by search", ids.len());
+    Ok((ids, mrns))
+}
+
 /// One request of a search op, to show what a row's answers hold (a search that finds
 /// nothing would be fast for the wrong reason).
 async fn probe_search(
@@ -402,6 +458,7 @@ async fn probe_search(
     observations: &Arc<Observations>,
     seq: &Arc<AtomicU64>,
     pool: &Arc<Vec<String>>,
+    mrns: &Arc<Vec<String>>,
     search: fhirwall_bench::load::SearchOp,
 ) -> Result<()> {
     let work = Workload::new(
@@ -412,7 +469,8 @@ async fn probe_search(
         observations.clone(),
         pool.clone(),
         seq.clone(),
-    )?;
+    )?
+    .with_mrns(mrns.clone());
     let path = work.search_path(search, 1);
     let mut conn = session.target.connect().await?;
     let req = fhirwall_bench::client::request(
@@ -547,7 +605,10 @@ async fn cmd_run(args: RunArgs) -> Result<()> {
     let work_dir = WorkDir::create(args.server.work_dir.as_deref(), args.server.keep_data)?;
     let mut session = Session::start(&args.server, &work_dir).await?;
     let seq = Arc::new(AtomicU64::new(0));
-    let pool = if ops.iter().any(Op::needs_pool) {
+    let reuse = args.server.data_dir.is_some();
+    let pool = if reuse || !ops.iter().any(Op::needs_pool) {
+        Arc::new(Vec::new())
+    } else {
         create_pool(
             &session,
             &patients,
@@ -556,10 +617,15 @@ async fn cmd_run(args: RunArgs) -> Result<()> {
             args.pool_size.max(1),
         )
         .await?
-    } else {
-        Arc::new(Vec::new())
     };
-    if ops.iter().any(Op::needs_observations) {
+    // Searches look for the pool's patients by id and by MRN: read both back.
+    let (pool, mrns) = if ops.iter().any(|op| matches!(op, Op::Search(_))) || reuse {
+        let (ids, mrns) = read_pool(&session, args.pool_size.clamp(1, 1000)).await?;
+        (Arc::new(ids), Arc::new(mrns))
+    } else {
+        (pool, Arc::new(Vec::new()))
+    };
+    if !reuse && ops.iter().any(Op::needs_observations) {
         create_observations(
             &session,
             &patients,
@@ -572,7 +638,16 @@ async fn cmd_run(args: RunArgs) -> Result<()> {
     }
     for op in &ops {
         if let Op::Search(search) = op {
-            probe_search(&session, &patients, &observations, &seq, &pool, *search).await?;
+            probe_search(
+                &session,
+                &patients,
+                &observations,
+                &seq,
+                &pool,
+                &mrns,
+                *search,
+            )
+            .await?;
         }
     }
 
@@ -590,7 +665,8 @@ async fn cmd_run(args: RunArgs) -> Result<()> {
                 observations.clone(),
                 pool.clone(),
                 seq.clone(),
-            )?;
+            )?
+            .with_mrns(mrns.clone());
             let meter = CpuMeter::new(session.server.pid());
             let result = measure(work, connections, &args.load, meter).await?;
             println!(
@@ -685,12 +761,23 @@ async fn cmd_fill(args: FillArgs) -> Result<()> {
     let work_dir = WorkDir::create(args.server.work_dir.as_deref(), args.server.keep_data)?;
     let mut session = Session::start(&args.server, &work_dir).await?;
     let seq = Arc::new(AtomicU64::new(0));
-    let (op, pool) = if args.observations_per_patient > 0 {
+    let (op, pool) = if let Some(n) = args.transaction_size {
+        if !(1..=1000).contains(&n) {
+            bail!("--transaction-size takes 1 to 1000 entries");
+        }
+        (Op::Transaction(n), Arc::new(Vec::new()))
+    } else if args.observations_per_patient > 0 {
         let pool = create_pool(&session, &patients, &observations, &seq, 1000).await?;
         (Op::Mixed(args.observations_per_patient), pool)
     } else {
         (Op::CreatePatient, Arc::new(Vec::new()))
     };
+    // A transaction of n entries creates n resources.
+    let per_request = match op {
+        Op::Transaction(n) => n,
+        _ => 1,
+    };
+    let requests = args.count.div_ceil(per_request);
     let (rss0, _) = session.server.memory_kib()?;
     println!(
         "fill:     {} resources ({}) over {} connections; server VmRSS before: {}",
@@ -721,7 +808,7 @@ async fn cmd_fill(args: FillArgs) -> Result<()> {
             loop {
                 tokio::time::sleep(every).await;
                 let now = Instant::now();
-                let done = work.completed.load(Ordering::Relaxed);
+                let done = work.completed.load(Ordering::Relaxed) * per_request;
                 let failed = work.failed.load(Ordering::Relaxed);
                 let rate = (done - last.1.min(done)) as f64
                     / now
@@ -743,7 +830,7 @@ async fn cmd_fill(args: FillArgs) -> Result<()> {
     let result = run_phase(
         work,
         args.connections,
-        Until::Count(args.count),
+        Until::Count(requests),
         false,
         Some(meter),
     )

@@ -321,11 +321,15 @@ pub(crate) async fn search(call: &Call<'_>, target: Target<'_>) -> Result<Done, 
     let base = call.service.fhir_base();
     let applied = applied.unwrap_or_default();
     let mut self_params: Vec<(String, String)> = applied.clone();
+    // Controls as applied: a `_count` above the configured cap shows the cap.
     self_params.extend(
         params
             .iter()
             .filter(|(k, _)| is_control(k) && k != "_cursor")
-            .cloned(),
+            .map(|(k, v)| match k.as_str() {
+                "_count" => (k.clone(), controls.count.to_string()),
+                _ => (k.clone(), v.clone()),
+            }),
     );
     let mut links = Vec::new();
     let state = |after: Position, back: Vec<(Option<u64>, usize)>| CursorState {

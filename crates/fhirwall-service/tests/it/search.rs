@@ -396,6 +396,10 @@ async fn chains_and_has_reach_across_types() {
 async fn includes_sorting_and_totals() {
     let w = world().await;
     let a = admin();
+    // A _count above the cap is cut to it, and the self link shows what was applied.
+    let capped = find(&w.app, &a, "Patient", &[("_count", "999999")]).await;
+    let self_link = link(&capped, "self").unwrap();
+    assert!(self_link.contains("_count=1000"), "{self_link}");
     let included = find(
         &w.app,
         &a,
