@@ -59,7 +59,7 @@ pub enum SearchOp {
     ObservationChain,
     /// `Patient?_has:Observation:subject:code=...|8867-4&family=F&_count=20`: reverse chaining.
     PatientHas,
-    /// `Observation?subject:Patient.identifier=MRN&code=...|8867-4`: a chain to one patient.
+    /// `Observation?subject:Patient.identifier=MRN`: a chain to one patient.
     ObservationChainIdentifier,
 }
 
@@ -276,7 +276,7 @@ impl Workload {
             .unwrap_or("none");
         match search {
             SearchOp::ObservationChainIdentifier => format!(
-                "/fhir/Observation?subject:Patient.identifier=http://hospital.example.org/fhir/sid/mrn%7C{mrn}&code={HEART_RATE}"
+                "/fhir/Observation?subject:Patient.identifier=http://hospital.example.org/fhir/sid/mrn%7C{mrn}"
             ),
             SearchOp::PatientFamily => format!("/fhir/Patient?family={family}&_count=20"),
             SearchOp::ObservationSubject => format!("/fhir/Observation?subject=Patient/{patient}"),

@@ -113,6 +113,11 @@ impl Shape {
         })
     }
 
+    /// Whether resources go out whole (no `_summary`, no `_elements`).
+    pub(crate) fn is_whole(&self) -> bool {
+        self.summary.filter(|s| *s != Summary::Count).is_none() && self.elements.is_none()
+    }
+
     pub(crate) fn render(
         &self,
         resource_type: &ResourceType,

@@ -386,10 +386,11 @@ pub(crate) async fn search(call: &Call<'_>, target: Target<'_>) -> Result<Done, 
             expression: None,
             more: Vec::new(),
         };
-        entries.push(json!({
+        let entry = json!({
             "resource": outcome.to_json(&call.caller.requester.request_id),
             "search": {"mode": "outcome"},
-        }));
+        });
+        entries.push(serde_json::to_vec(&entry).map_err(|_| ServiceError::internal())?);
     }
     let mut detail = AuditDetail::default();
     for (hit, mode) in page
@@ -406,14 +407,29 @@ pub(crate) async fn search(call: &Call<'_>, target: Target<'_>) -> Result<Done, 
         detail
             .entities
             .push(hit.row.key.versioned_reference(hit.row.version));
-        let rendered = controls
-            .shape
-            .render(rtype, hit.plain.clone(), Some(hit.parsed.clone()))?;
-        entries.push(json!({
-            "fullUrl": format!("{base}/{rtype}/{}", hit.row.key.id),
-            "resource": parse_stored(&rendered)?,
-            "search": {"mode": mode},
-        }));
+        // The resource goes in as the stored (canonical JSON) bytes, or as the shape
+        // `_summary` or `_elements` makes of them: no parse and write again per entry.
+        let rendered = if controls.shape.is_whole() {
+            None
+        } else {
+            Some(
+                controls
+                    .shape
+                    .render(rtype, hit.plain.clone(), Some(hit.parsed.clone()))?,
+            )
+        };
+        let full_url = serde_json::to_string(&format!("{base}/{rtype}/{}", hit.row.key.id))
+            .map_err(|_| ServiceError::internal())?;
+        let resource = rendered.as_deref().unwrap_or(&hit.plain);
+        let mut entry = Vec::with_capacity(resource.len() + full_url.len() + 64);
+        entry.extend_from_slice(b"{\"fullUrl\":");
+        entry.extend_from_slice(full_url.as_bytes());
+        entry.extend_from_slice(b",\"resource\":");
+        entry.extend_from_slice(resource);
+        entry.extend_from_slice(b",\"search\":{\"mode\":\"");
+        entry.extend_from_slice(mode.as_bytes());
+        entry.extend_from_slice(b"\"}}");
+        entries.push(entry);
     }
     detail.patients.sort();
     detail.patients.dedup();
@@ -428,10 +444,20 @@ pub(crate) async fn search(call: &Call<'_>, target: Target<'_>) -> Result<Done, 
         bundle.insert("total".into(), json!(total));
     }
     bundle.insert("link".into(), Value::Array(links));
-    if !entries.is_empty() {
-        bundle.insert("entry".into(), Value::Array(entries));
+    let mut body =
+        serde_json::to_vec(&Value::Object(bundle)).map_err(|_| ServiceError::internal())?;
+    if !entries.is_empty() && body.last() == Some(&b'}') {
+        // `entry` is the last member: spliced in before the closing brace.
+        body.pop();
+        body.extend_from_slice(b",\"entry\":[");
+        for (n, entry) in entries.iter().enumerate() {
+            if n > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(entry);
+        }
+        body.extend_from_slice(b"]}");
     }
-    let body = serde_json::to_vec(&Value::Object(bundle)).map_err(|_| ServiceError::internal())?;
     Ok(Done::audited(Reply::json(200, body), detail))
 }
 
@@ -1090,24 +1116,25 @@ async fn type_page(
 ) -> Result<(Vec<Hit>, Option<u64>), ServiceError> {
     let mut hits = Vec::new();
     let mut scanned = 0usize;
-    let batch = if prepared.confirm.is_empty() {
-        want + 1
-    } else {
-        (want + 1).max(200)
-    };
+    // The first batch is what the page needs (most candidates of a keyed plan match); each
+    // further one doubles, so a plan that admits many non-matches costs few store queries.
+    let mut batch = want + 1;
     loop {
         let (rows, exhausted) = candidates(call, prepared, snapshot, after_seq, batch).await?;
+        batch = (batch * 2).min(1_000);
         for row in rows {
             after_seq = Some(row.row.seq);
             scanned += 1;
             if let Some(hit) = confirm(call, search, prepared, row, ctx).await? {
                 hits.push(hit);
                 if hits.len() > want {
+                    tracing::debug!(scanned, hits = hits.len(), "search page of one type");
                     return Ok((hits, None));
                 }
             }
         }
         if exhausted {
+            tracing::debug!(scanned, hits = hits.len(), "search page of one type (all)");
             return Ok((hits, None));
         }
         if scanned >= MAX_SCANNED_PER_PAGE {

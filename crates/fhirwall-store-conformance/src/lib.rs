@@ -70,6 +70,7 @@ pub async fn run(store: &dyn Store) {
     resources::guards(store, &mut story).await;
     transactions::all_or_nothing(store, &mut story).await;
     plan::find_current(store, &mut story).await;
+    plan::broad_clauses(store, &mut story).await;
     history::paging_and_filters(store, &mut story).await;
     auth::client_assertion_ids(store).await;
     auth::clients(store).await;

@@ -348,3 +348,82 @@ pub(crate) async fn find_current(store: &dyn Store, story: &mut Story) {
     assert_eq!(p2.pointer_tag, Some(pointer_tag(&p("p2"), 2)));
     assert_eq!(rid("p2"), p2.version.key.id);
 }
+
+/// Clauses that each match most resources of a type: a backend may walk commit order instead
+/// of reading postings (the embedded store does past a cost), and must give the same answer,
+/// in the same order, also past the window such a walk covers (6,000 resources here).
+pub(crate) async fn broad_clauses(store: &dyn Store, story: &mut Story) {
+    const N: usize = 6_000;
+    let tenant_name = "plan-broad";
+    let mut expected = Vec::new();
+    for chunk in 0..N / 500 {
+        let mut writes = Vec::new();
+        for i in chunk * 500..(chunk + 1) * 500 {
+            let id = format!("b{i}");
+            // A (term 20) on all, B (term 21) on five of six; terms 22-27 on none.
+            let mut terms = vec![term(20)];
+            if i % 6 != 0 {
+                terms.push(term(21));
+                expected.push(id.clone());
+            }
+            let key = key(tenant_name, "Patient", &id);
+            writes.push(crate::request(
+                story,
+                &key,
+                1,
+                fhirwall_store::Method::Create,
+                10_000,
+                fhirwall_store::Expect::Absent,
+                terms,
+            ));
+        }
+        let records: Vec<String> = writes.iter().map(|w| w.audit.record_id.clone()).collect();
+        let request = fhirwall_store::TransactionRequest {
+            writes,
+            audit: story.audit(&tenant(tenant_name)),
+        };
+        let own = request.audit.record_id.clone();
+        store
+            .write_all(request)
+            .await
+            .expect("the store works")
+            .expect("the batch is created");
+        for record in records {
+            story.committed(&record);
+        }
+        story.committed(&own);
+    }
+    let query = |limit: usize, after_seq: Option<u64>| CurrentQuery {
+        tenant: tenant(tenant_name),
+        resource_type: fhirwall_store::ResourceType::parse("Patient").expect("a FHIR type"),
+        clauses: vec![
+            Clause::Terms([20, 22, 23, 24].map(term).to_vec()),
+            Clause::Terms([21, 25, 26, 27].map(term).to_vec()),
+        ],
+        after_seq,
+        up_to_seq: None,
+        limit,
+    };
+    assert_eq!(
+        ids(store, query(N, None)).await,
+        expected,
+        "broad clauses: every match, in commit order, across the whole type"
+    );
+    assert_eq!(
+        ids(store, query(100, None)).await,
+        expected[..100],
+        "broad clauses: the first page"
+    );
+    let all = store.find_current(query(N, None)).await.expect("find");
+    let middle = all.get(4_500).map(|v| v.seq);
+    assert_eq!(
+        ids(store, query(N, middle)).await,
+        expected[4_501..],
+        "broad clauses: after a position past the middle"
+    );
+    assert_eq!(
+        store.count_current(query(0, None)).await.expect("count"),
+        expected.len() as u64,
+        "broad clauses: the count"
+    );
+}

@@ -24,7 +24,105 @@ pub(crate) enum Select {
 
 /// The statement and its parameters, or `None` when nothing can match (a clause that admits
 /// nothing, a zero limit), so no statement needs to run.
+/// How a query's rows are found: through the postings of one of its term clauses (the others
+/// then probe each candidate), or by walking the type's resources in commit order and probing
+/// every clause (right when every clause is broad: the first page then costs a few rows
+/// instead of a sort of all the postings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drive {
+    Clause(usize),
+    Walk,
+}
+
+/// Postings counted per clause, at most.
+const COUNT_CAP: i64 = 100_000;
+/// A driven query that would cost more index seeks than this is tried as a walk first (a walk
+/// of the whole window costs about as much).
+const DRIVEN_BUDGET: i64 = 10_000;
+/// Index seeks a driven candidate costs besides the other clauses' probes (its current row,
+/// its version, its place in the sort).
+const SEEKS_PER_CANDIDATE: i64 = 3;
+/// The most resources a walk looks at before the driven query takes over.
+pub(crate) const WALK_WINDOW: i64 = 5_000;
+
+/// The drive for `query`: the term clause whose postings, times the probes of the other
+/// clauses for each, cost least ([`Drive::Clause`]), or [`Drive::Walk`] when even that costs
+/// more than [`DRIVEN_BUDGET`] and rows are wanted in commit order (a count is always driven).
+pub(crate) fn choose(
+    conn: &rusqlite::Connection,
+    query: &CurrentQuery,
+    select: Select,
+) -> rusqlite::Result<Drive> {
+    if query.clauses.iter().any(|c| matches!(c, Clause::Ids(_))) {
+        return Ok(Drive::Clause(0));
+    }
+    let probes_of = |c: &Clause| match c {
+        Clause::Terms(terms) => i64::try_from(terms.len()).unwrap_or(i64::MAX),
+        _ => 1,
+    };
+    let all_probes: i64 = query.clauses.iter().map(probes_of).sum();
+    let mut best: Option<(i64, usize)> = None;
+    for (n, clause) in query.clauses.iter().enumerate() {
+        let Clause::Terms(terms) = clause else {
+            continue;
+        };
+        let mut sql =
+            String::from("SELECT count(*) FROM (SELECT 1 FROM search_index s WHERE s.term IN (");
+        let mut args = Vec::new();
+        push_terms(&mut sql, &mut args, terms);
+        let _ = write!(sql, ") LIMIT {COUNT_CAP})");
+        let count: i64 = conn
+            .prepare_cached(&sql)?
+            .query_row(rusqlite::params_from_iter(args), |row| row.get(0))?;
+        let cost = count.saturating_mul(SEEKS_PER_CANDIDATE + all_probes - probes_of(clause));
+        if best.is_none_or(|(c, _)| cost < c) {
+            best = Some((cost, n));
+        }
+    }
+    Ok(match best {
+        Some((cost, _)) if cost > DRIVEN_BUDGET && !matches!(select, Select::Count) => Drive::Walk,
+        Some((_, n)) => Drive::Clause(n),
+        None => Drive::Walk,
+    })
+}
+
+/// The commit sequence number of the `WALK_WINDOW`th current resource of the type after
+/// `after_seq`: where a walk stops (None: the walk reaches the end).
+pub(crate) fn walk_end(
+    conn: &rusqlite::Connection,
+    query: &CurrentQuery,
+) -> rusqlite::Result<Option<i64>> {
+    use rusqlite::OptionalExtension;
+    conn.prepare_cached(
+        "SELECT seq FROM resource_current WHERE tenant = ?1 AND rtype = ?2 AND seq > ?3 \
+         ORDER BY seq LIMIT 1 OFFSET ?4",
+    )?
+    .query_row(
+        rusqlite::params![
+            query.tenant.as_str(),
+            query.resource_type.as_str(),
+            bound(query.after_seq.unwrap_or(0)),
+            WALK_WINDOW - 1
+        ],
+        |row| row.get(0),
+    )
+    .optional()
+}
+
 pub(crate) fn render(query: &CurrentQuery, select: Select) -> Option<(String, Vec<Value>)> {
+    let drive = query
+        .clauses
+        .iter()
+        .position(|c| matches!(c, Clause::Terms(_)))
+        .map_or(Drive::Walk, Drive::Clause);
+    render_driven(query, select, drive)
+}
+
+pub(crate) fn render_driven(
+    query: &CurrentQuery,
+    select: Select,
+    drive: Drive,
+) -> Option<(String, Vec<Value>)> {
     let counting = matches!(select, Select::Count);
     if (query.limit == 0 && !counting) || query.clauses.iter().any(Clause::is_empty) {
         return None;
@@ -35,7 +133,11 @@ pub(crate) fn render(query: &CurrentQuery, select: Select) -> Option<(String, Ve
         Select::Count => "count(*)",
     };
     let has_ids = query.clauses.iter().any(|c| matches!(c, Clause::Ids(_)));
-    let by_terms = !has_ids && query.clauses.iter().any(|c| matches!(c, Clause::Terms(_)));
+    let driving = match drive {
+        Drive::Clause(n) if !has_ids => Some(n),
+        _ => None,
+    };
+    let by_terms = driving.is_some();
     // When a posting list drives, the unary plus keeps the planner from walking every
     // resource of the type by the primary key instead (it cannot know how short lists are).
     let scope = if by_terms { "+" } else { "" };
@@ -48,8 +150,20 @@ pub(crate) fn render(query: &CurrentQuery, select: Select) -> Option<(String, Ve
         Value::Text(query.resource_type.as_str().to_string()),
     ];
     // Ids drive through the primary key; otherwise the first term clause drives.
-    let mut driven = has_ids;
-    for clause in &query.clauses {
+    // The driving clause goes first, as the posting-list lookup.
+    let mut order: Vec<usize> = (0..query.clauses.len()).collect();
+    if let Some(n) = driving {
+        order.retain(|&i| i != n);
+        order.insert(0, n);
+    } else if !has_ids {
+        // A walk probes the clauses with fewest terms first: most rows fail there.
+        order.sort_by_key(|&i| match query.clauses.get(i) {
+            Some(Clause::Terms(terms)) => terms.len(),
+            _ => 0,
+        });
+    }
+    let mut driven = has_ids || driving.is_none();
+    for clause in order.iter().filter_map(|&i| query.clauses.get(i)) {
         match clause {
             Clause::Ids(ids) => {
                 sql.push_str(" AND c.id IN (");
@@ -118,7 +232,7 @@ pub(crate) fn render(query: &CurrentQuery, select: Select) -> Option<(String, Ve
     // With a narrowing clause, `+c.seq` keeps the planner from walking resource_current_by_seq
     // in order (which would visit every resource of the type to find a rare term) and lets the
     // posting list drive; without one that walk in commit order is exactly right.
-    if query.clauses.is_empty() {
+    if query.clauses.is_empty() || (!has_ids && driving.is_none()) {
         sql.push_str(" ORDER BY c.seq");
     } else {
         sql.push_str(" ORDER BY +c.seq");
@@ -186,7 +300,14 @@ mod tests {
         for migration in crate::schema::MIGRATIONS {
             conn.execute_batch(migration).unwrap();
         }
-        let (sql, args) = render(query, select).unwrap();
+        let (sql, _) = render(query, select).unwrap();
+        explain(&conn, &sql)
+    }
+
+    /// SQLite's plan for `sql` (each placeholder bound to NULL: the plan does not depend on
+    /// the values).
+    fn explain(conn: &Connection, sql: &str) -> String {
+        let args: Vec<Value> = (0..sql.matches('?').count()).map(|_| Value::Null).collect();
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let rows = stmt
             .query_map(rusqlite::params_from_iter(args), |row| {
@@ -240,6 +361,34 @@ mod tests {
         );
         assert!(explained.contains("(term=? AND rid=?)"), "{explained}");
         assert!(!explained.contains("SCAN"), "{explained}");
+    }
+
+    /// When every term clause is broad, the page walks commit order and probes each clause:
+    /// no sort of the postings.
+    #[test]
+    fn broad_terms_walk_commit_order() {
+        let terms = plan(vec![vec![IndexTerm([1; 16])], vec![IndexTerm([3; 16])]]);
+        let (sql, _) = render_driven(&terms, Select::Versions, Drive::Walk).unwrap();
+        let conn = Connection::open_in_memory().unwrap();
+        for migration in crate::schema::MIGRATIONS {
+            conn.execute_batch(migration).unwrap();
+        }
+        let explained = explain(&conn, &sql);
+        assert!(explained.contains("resource_current_by_seq"), "{explained}");
+        assert!(!explained.contains("TEMP B-TREE"), "{explained}");
+        // The narrowest clause drives otherwise, whichever place it has.
+        let (sql, _) = render_driven(&terms, Select::Versions, Drive::Clause(1)).unwrap();
+        let explained = explain(&conn, &sql);
+        assert!(
+            explained.contains("SEARCH s USING PRIMARY KEY (term=?)"),
+            "{explained}"
+        );
+        assert_eq!(
+            choose(&conn, &terms, Select::Versions).unwrap(),
+            Drive::Clause(0),
+            "an empty store: every clause is narrow"
+        );
+        assert_eq!(walk_end(&conn, &terms).unwrap(), None);
     }
 
     /// Without terms, the commit-order index answers the first page without a sort.

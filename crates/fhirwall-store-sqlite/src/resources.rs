@@ -10,7 +10,7 @@ use fhirwall_store::{
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params};
 
-use crate::plan::{Select, render};
+use crate::plan::{Drive, Select, render_driven};
 use crate::rows::{self, VERSION_COLUMNS, bound, limit};
 use crate::writer::Command;
 use crate::{SqliteStore, ready};
@@ -146,13 +146,45 @@ impl ResourceStore for SqliteStore {
     }
 
     fn find_current(&self, query: CurrentQuery) -> StoreFuture<'_, Vec<StoredVersion>> {
-        let Some((sql, args)) = render(&query, Select::Versions) else {
-            return ready(Ok(Vec::new()));
-        };
         let result = self.with_reader(|conn| {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(args), rows::version)?;
-            rows.collect()
+            let run = |query: &CurrentQuery, drive| -> rusqlite::Result<Vec<StoredVersion>> {
+                let Some((sql, args)) = render_driven(query, Select::Versions, drive) else {
+                    return Ok(Vec::new());
+                };
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let rows = stmt.query_map(rusqlite::params_from_iter(args), rows::version)?;
+                rows.collect()
+            };
+            let drive = crate::plan::choose(conn, &query, Select::Versions)?;
+            if drive != Drive::Walk || query.clauses.is_empty() {
+                return run(&query, drive);
+            }
+            // Every clause is broad: walk a window of the type in commit order (dense matches
+            // fill the page there), then let the narrowest clause drive past it.
+            let Some(end) = crate::plan::walk_end(conn, &query)? else {
+                return run(&query, Drive::Walk);
+            };
+            let end = u64::try_from(end).unwrap_or(0);
+            let mut window = query.clone();
+            window.up_to_seq = Some(query.up_to_seq.map_or(end, |u| u.min(end)));
+            let mut found = run(&window, Drive::Walk)?;
+            if found.len() >= query.limit || query.up_to_seq.is_some_and(|u| u <= end) {
+                return Ok(found);
+            }
+            let mut rest = query.clone();
+            rest.after_seq = Some(end);
+            rest.limit = query.limit - found.len();
+            let narrowest = query
+                .clauses
+                .iter()
+                .position(|c| matches!(c, fhirwall_store::Clause::Terms(_)))
+                .map_or(Drive::Walk, Drive::Clause);
+            let narrowest = match crate::plan::choose(conn, &rest, Select::Count)? {
+                Drive::Clause(n) => Drive::Clause(n),
+                Drive::Walk => narrowest,
+            };
+            found.extend(run(&rest, narrowest)?);
+            Ok(found)
         });
         ready(result)
     }
@@ -234,10 +266,11 @@ impl ResourceStore for SqliteStore {
     }
 
     fn count_current(&self, query: CurrentQuery) -> StoreFuture<'_, u64> {
-        let Some((sql, args)) = render(&query, Select::Count) else {
-            return ready(Ok(0));
-        };
         let result = self.with_reader(|conn| {
+            let drive = crate::plan::choose(conn, &query, Select::Count)?;
+            let Some((sql, args)) = render_driven(&query, Select::Count, drive) else {
+                return Ok(0);
+            };
             let mut stmt = conn.prepare_cached(&sql)?;
             stmt.query_row(rusqlite::params_from_iter(args), |row| {
                 rows::unsigned(row, 0, "count")
