@@ -123,6 +123,30 @@ async fn a_loaded_bundle_reads_back_through_searches_with_includes() {
     assert_eq!(seen.len(), 34);
     assert_eq!(pages, 5);
 
+    // The same search answered in XML and pretty JSON.
+    let xml = c
+        .get(&format!("Observation?patient={id}&_count=3"))
+        .header("Accept", "application/fhir+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(xml.status(), StatusCode::OK);
+    let xml = xml.text().await.unwrap();
+    assert!(xml.starts_with("<Bundle") || xml.starts_with("<?xml"), "{xml}");
+    assert_eq!(xml.matches("<entry>").count(), 3, "{xml}");
+    assert!(xml.contains("<Observation"), "{xml}");
+    let pretty = c
+        .get(&format!("Observation?patient={id}&_count=3&_pretty=true"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let parsed: Value = serde_json::from_str(&pretty).unwrap();
+    assert_eq!(matches(&parsed, "match").len(), 3);
+    assert!(pretty.contains("\n  "), "pretty JSON is indented");
+
     // The compartment, a count, and POST _search with a form body.
     let compartment = json(
         c.get(&format!("Patient/{id}/Condition"))
