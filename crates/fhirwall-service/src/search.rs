@@ -219,16 +219,17 @@ pub(crate) async fn search(call: &Call<'_>, target: Target<'_>) -> Result<Done, 
     let mut prepared = Vec::new();
     for s in searches {
         let mut clauses = s.extra.clone();
+        let mut deferred = Vec::new();
         let mut possible = true;
         for criterion in &s.criteria.criteria {
             match resolve(
                 call,
                 &indexer,
-                &search,
                 &s.resource_type,
                 criterion,
                 snapshot,
                 0,
+                &mut deferred,
             )
             .await?
             {
@@ -242,6 +243,7 @@ pub(crate) async fn search(call: &Call<'_>, target: Target<'_>) -> Result<Done, 
                 clauses,
                 &s.criteria.criteria,
                 !s.extra.is_empty(),
+                deferred,
             ));
         }
     }
@@ -908,9 +910,13 @@ impl Include {
 }
 
 /// One type's search, ready to run: its clauses and the criteria each candidate must pass.
+#[derive(Clone)]
 struct Prepared {
     resource_type: ResourceType,
     clauses: Vec<Clause>,
+    /// `_has` criteria whose linked resources were too many to list: each candidate is
+    /// probed for one instead (see [`probe`]).
+    deferred: Vec<Deferred>,
     /// The criteria a current candidate must pass (those whose plan is not exact).
     confirm: Vec<Criterion>,
     /// Every criterion, when each can be tested on a resource alone (no chain, `_has`,
@@ -925,6 +931,7 @@ impl Prepared {
         clauses: Vec<Clause>,
         criteria: &[Criterion],
         extra: bool,
+        deferred: Vec<Deferred>,
     ) -> Prepared {
         let confirm = criteria
             .iter()
@@ -936,10 +943,53 @@ impl Prepared {
         Prepared {
             resource_type,
             clauses,
+            deferred,
             confirm,
             snapshot_test,
         }
     }
+}
+
+/// A `_has` left to each candidate: the source resources' search (its type, clauses and
+/// criteria) and the reference parameter that must point at the candidate.
+#[derive(Clone)]
+struct Deferred {
+    source: Box<Prepared>,
+    param: String,
+    snapshot: u64,
+}
+
+/// Whether a `source` resource refers to `target_type`/`id` through the deferred parameter
+/// and matches the `_has` criteria: one store query on the reference's postings.
+fn probe<'a>(
+    call: &'a Call<'_>,
+    search: &'a SearchIndex,
+    deferred: &'a Deferred,
+    target_type: &'a ResourceType,
+    id: &'a ResourceId,
+    ctx: &'a fhirwall_search::Context<'_>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, ServiceError>> + Send + 'a>> {
+    Box::pin(async move {
+        let indexer = indexer(call, search)?;
+        let source_type = &deferred.source.resource_type;
+        let terms: Vec<_> = search
+            .reference_keys(
+                source_type.as_str(),
+                &deferred.param,
+                target_type.as_str(),
+                id.as_str(),
+            )
+            .iter()
+            .map(|key| indexer.term(source_type, key))
+            .collect();
+        if terms.is_empty() {
+            return Ok(false);
+        }
+        let mut source = (*deferred.source).clone();
+        source.clauses.push(Clause::Terms(terms));
+        let (hits, _) = type_page(call, search, &source, deferred.snapshot, None, 0, ctx).await?;
+        Ok(!hits.is_empty())
+    })
 }
 
 impl Prepared {
@@ -974,15 +1024,16 @@ pub(crate) async fn find_matches(
     let indexer = indexer(call, &search)?;
     check_linked_scopes(call, criteria)?;
     let mut clauses = Vec::new();
+    let mut deferred = Vec::new();
     for criterion in &criteria.criteria {
         match resolve(
             call,
             &indexer,
-            &search,
             resource_type,
             criterion,
             u64::MAX,
             0,
+            &mut deferred,
         )
         .await?
         {
@@ -990,7 +1041,13 @@ pub(crate) async fn find_matches(
             None => return Ok(Vec::new()),
         }
     }
-    let prepared = Prepared::new(resource_type.clone(), clauses, &criteria.criteria, false);
+    let prepared = Prepared::new(
+        resource_type.clone(),
+        clauses,
+        &criteria.criteria,
+        false,
+        deferred,
+    );
     let (hits, stopped) = type_page(
         call,
         &search,
@@ -1047,11 +1104,24 @@ async fn confirm(
     };
     let plain = open_version(call, &row)?;
     let parsed = parse_stored(&plain)?;
-    if tests.iter().all(|c| c.matches(search, &parsed, ctx)) {
-        Ok(Some(Hit { row, plain, parsed }))
-    } else {
-        Ok(None)
+    if !tests.iter().all(|c| c.matches(search, &parsed, ctx)) {
+        return Ok(None);
     }
+    for deferred in &prepared.deferred {
+        if !probe(
+            call,
+            search,
+            deferred,
+            &row.key.resource_type,
+            &row.key.id,
+            ctx,
+        )
+        .await?
+        {
+            return Ok(None);
+        }
+    }
+    Ok(Some(Hit { row, plain, parsed }))
 }
 
 /// A row that may match: a current version, or the version a resource changed since the
@@ -1235,7 +1305,10 @@ async fn count_all(
 ) -> Result<usize, ServiceError> {
     let mut total = 0usize;
     for p in prepared {
-        if p.confirm.is_empty() && (snapshot == u64::MAX || p.snapshot_test.is_none()) {
+        if p.confirm.is_empty()
+            && p.deferred.is_empty()
+            && (snapshot == u64::MAX || p.snapshot_test.is_none())
+        {
             let n = call
                 .service
                 .inner
@@ -1329,13 +1402,14 @@ type Resolving<'a> = std::pin::Pin<
 fn resolve<'a>(
     call: &'a Call<'_>,
     indexer: &'a Indexer<'_>,
-    search: &'a SearchIndex,
     resource_type: &'a ResourceType,
     criterion: &'a Criterion,
     snapshot: u64,
     depth: usize,
+    deferred: &'a mut Vec<Deferred>,
 ) -> Resolving<'a> {
     Box::pin(async move {
+        let search = indexer.search;
         if depth > 8 {
             return Err(ServiceError::invalid(
                 "invalid-search",
@@ -1386,8 +1460,30 @@ fn resolve<'a>(
                 let source = ResourceType::parse(source_type).map_err(|_| {
                     ServiceError::invalid("invalid-search", "_has names an unknown resource type.")
                 })?;
-                let hits =
-                    linked_hits(call, indexer, search, &source, inner, snapshot, depth).await?;
+                let Some(source_search) =
+                    linked_search(call, indexer, &source, inner, snapshot, depth).await?
+                else {
+                    return Ok(None);
+                };
+                let (hits, stopped) = type_page(
+                    call,
+                    search,
+                    &source_search,
+                    snapshot,
+                    None,
+                    MAX_LINKED,
+                    &indexer.context(),
+                )
+                .await?;
+                if hits.len() > MAX_LINKED || stopped.is_some() {
+                    // Too many to list: each candidate is probed for one instead.
+                    deferred.push(Deferred {
+                        source: Box::new(source_search),
+                        param: param.to_string(),
+                        snapshot,
+                    });
+                    return Ok(Some(Vec::new()));
+                }
                 let mut ids = BTreeSet::new();
                 for hit in &hits {
                     let refs = search
@@ -1449,6 +1545,38 @@ fn resolve<'a>(
     })
 }
 
+/// The search of a linked type for a criterion (None: nothing can match).
+async fn linked_search(
+    call: &Call<'_>,
+    indexer: &Indexer<'_>,
+    resource_type: &ResourceType,
+    criterion: &Criterion,
+    snapshot: u64,
+    depth: usize,
+) -> Result<Option<Prepared>, ServiceError> {
+    let mut deferred = Vec::new();
+    let Some(clauses) = resolve(
+        call,
+        indexer,
+        resource_type,
+        criterion,
+        snapshot,
+        depth + 1,
+        &mut deferred,
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Prepared::new(
+        resource_type.clone(),
+        clauses,
+        std::slice::from_ref(criterion),
+        false,
+        deferred,
+    )))
+}
+
 /// The matches of a criterion on a linked type, bounded.
 async fn linked_hits(
     call: &Call<'_>,
@@ -1459,25 +1587,11 @@ async fn linked_hits(
     snapshot: u64,
     depth: usize,
 ) -> Result<Vec<Hit>, ServiceError> {
-    let Some(clauses) = resolve(
-        call,
-        indexer,
-        search,
-        resource_type,
-        criterion,
-        snapshot,
-        depth + 1,
-    )
-    .await?
+    let Some(prepared) =
+        linked_search(call, indexer, resource_type, criterion, snapshot, depth).await?
     else {
         return Ok(Vec::new());
     };
-    let prepared = Prepared::new(
-        resource_type.clone(),
-        clauses,
-        std::slice::from_ref(criterion),
-        false,
-    );
     let (hits, stopped) = type_page(
         call,
         search,

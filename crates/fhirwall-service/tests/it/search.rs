@@ -717,3 +717,84 @@ async fn unknown_parameters_are_reported_or_refused() {
         ErrorKind::Invalid
     );
 }
+
+/// A `_has` whose linked resources are too many to list (over 1,000) probes each candidate
+/// instead: same answer, no refusal.
+#[tokio::test]
+async fn has_with_many_linked_resources_probes_each_candidate() {
+    let app = App::new().await;
+    let a = admin();
+    let mut patients = Vec::new();
+    for n in 0..6 {
+        let id = create_any(
+            &app,
+            json!({"resourceType": "Patient", "name": [{"family": format!("Many{n}")}]}),
+        )
+        .await;
+        patients.push(id);
+    }
+    // 1,050 heart rates about the first four patients; the last two have none.
+    for n in 0..1_050 {
+        let subject = &patients[n % 4];
+        create_any(
+            &app,
+            json!({
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                "subject": {"reference": format!("Patient/{subject}")},
+                "valueQuantity": {"value": 60 + (n % 40), "system": "http://unitsofmeasure.org", "code": "/min"}
+            }),
+        )
+        .await;
+    }
+    let found = find(
+        &app,
+        &a,
+        "Patient",
+        &[("_has:Observation:subject:code", "http://loinc.org|8867-4")],
+    )
+    .await;
+    let mut got = ids(&found, "match");
+    got.sort();
+    let mut expected: Vec<String> = patients[..4]
+        .iter()
+        .map(|id| format!("Patient/{id}"))
+        .collect();
+    expected.sort();
+    assert_eq!(got, expected);
+    // With another criterion, and with a criterion on the linked side that no one meets.
+    let one = find(
+        &app,
+        &a,
+        "Patient",
+        &[
+            ("_has:Observation:subject:code", "8867-4"),
+            ("family", "Many2"),
+        ],
+    )
+    .await;
+    assert_eq!(ids(&one, "match"), [format!("Patient/{}", patients[2])]);
+    let none = find(
+        &app,
+        &a,
+        "Patient",
+        &[
+            ("_has:Observation:subject:code", "8867-4"),
+            ("family", "Many5"),
+        ],
+    )
+    .await;
+    assert!(ids(&none, "match").is_empty());
+    let count = find(
+        &app,
+        &a,
+        "Patient",
+        &[
+            ("_has:Observation:subject:code", "8867-4"),
+            ("_summary", "count"),
+        ],
+    )
+    .await;
+    assert_eq!(count["total"], 4);
+}

@@ -132,7 +132,10 @@ async fn a_loaded_bundle_reads_back_through_searches_with_includes() {
         .unwrap();
     assert_eq!(xml.status(), StatusCode::OK);
     let xml = xml.text().await.unwrap();
-    assert!(xml.starts_with("<Bundle") || xml.starts_with("<?xml"), "{xml}");
+    assert!(
+        xml.starts_with("<Bundle") || xml.starts_with("<?xml"),
+        "{xml}"
+    );
     assert_eq!(xml.matches("<entry>").count(), 3, "{xml}");
     assert!(xml.contains("<Observation"), "{xml}");
     let pretty = c
