@@ -987,6 +987,16 @@ fn probe<'a>(
         }
         let mut source = (*deferred.source).clone();
         source.clauses.push(Clause::Terms(terms));
+        if source.confirm.is_empty() && source.deferred.is_empty() {
+            // An exact plan: a current candidate (its pointer checked) is a match; nothing
+            // needs opening.
+            let (rows, _) = candidates(call, &source, deferred.snapshot, None, 4).await?;
+            for candidate in rows.into_iter().filter(|c| c.current) {
+                if still_current(call, &candidate.row).await? {
+                    return Ok(true);
+                }
+            }
+        }
         let (hits, _) = type_page(call, search, &source, deferred.snapshot, None, 0, ctx).await?;
         Ok(!hits.is_empty())
     })
@@ -1465,16 +1475,24 @@ fn resolve<'a>(
                 else {
                     return Ok(None);
                 };
-                let (hits, stopped) = type_page(
-                    call,
-                    search,
-                    &source_search,
-                    snapshot,
-                    None,
-                    MAX_LINKED,
-                    &indexer.context(),
-                )
-                .await?;
+                // More candidates than can be listed (counted before any is opened), or more
+                // matches: each candidate of the searched type is probed instead.
+                let (candidates_found, _) =
+                    candidates(call, &source_search, snapshot, None, MAX_LINKED + 1).await?;
+                let (hits, stopped) = if candidates_found.len() > MAX_LINKED {
+                    (Vec::new(), Some(0))
+                } else {
+                    type_page(
+                        call,
+                        search,
+                        &source_search,
+                        snapshot,
+                        None,
+                        MAX_LINKED,
+                        &indexer.context(),
+                    )
+                    .await?
+                };
                 if hits.len() > MAX_LINKED || stopped.is_some() {
                     // Too many to list: each candidate is probed for one instead.
                     deferred.push(Deferred {
