@@ -950,13 +950,23 @@ impl Prepared {
     }
 }
 
-/// A `_has` left to each candidate: the source resources' search (its type, clauses and
-/// criteria) and the reference parameter that must point at the candidate.
+/// A link left to each candidate because it reaches more resources than can be listed.
 #[derive(Clone)]
-struct Deferred {
-    source: Box<Prepared>,
-    param: String,
-    snapshot: u64,
+enum Deferred {
+    /// `_has`: the source resources' search (type, clauses, criteria); one of them must
+    /// point at the candidate through `param`.
+    Has {
+        source: Box<Prepared>,
+        param: String,
+        snapshot: u64,
+    },
+    /// A chain: the candidate's `param` must point at a resource that one of the targets'
+    /// searches matches.
+    Chain {
+        param: String,
+        targets: Vec<Prepared>,
+        snapshot: u64,
+    },
 }
 
 /// Whether a `source` resource refers to `target_type`/`id` through the deferred parameter
@@ -965,17 +975,53 @@ fn probe<'a>(
     call: &'a Call<'_>,
     search: &'a SearchIndex,
     deferred: &'a Deferred,
-    target_type: &'a ResourceType,
-    id: &'a ResourceId,
+    candidate: (&'a ResourceType, &'a ResourceId, &'a Value),
     ctx: &'a fhirwall_search::Context<'_>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, ServiceError>> + Send + 'a>> {
     Box::pin(async move {
+        let (target_type, id, parsed) = candidate;
+        let (source, deferred_param, snapshot) = match deferred {
+            Deferred::Has {
+                source,
+                param,
+                snapshot,
+            } => (source, param, *snapshot),
+            Deferred::Chain {
+                param,
+                targets,
+                snapshot,
+            } => {
+                // The candidate's references through `param`, each tested by id against the
+                // search of its type.
+                let refs = search
+                    .references(target_type.as_str(), param, None, parsed, ctx)
+                    .unwrap_or_default();
+                for (ref_type, ref_id) in refs {
+                    let Ok(ref_id) = ResourceId::parse(&ref_id) else {
+                        continue;
+                    };
+                    for target in targets
+                        .iter()
+                        .filter(|t| t.resource_type.as_str() == ref_type)
+                    {
+                        let mut by_id = target.clone();
+                        by_id.clauses.push(Clause::Ids(vec![ref_id.clone()]));
+                        let (hits, _) =
+                            type_page(call, search, &by_id, *snapshot, None, 0, ctx).await?;
+                        if !hits.is_empty() {
+                            return Ok(true);
+                        }
+                    }
+                }
+                return Ok(false);
+            }
+        };
         let indexer = indexer(call, search)?;
-        let source_type = &deferred.source.resource_type;
+        let source_type = &source.resource_type;
         let terms: Vec<_> = search
             .reference_keys(
                 source_type.as_str(),
-                &deferred.param,
+                deferred_param,
                 target_type.as_str(),
                 id.as_str(),
             )
@@ -985,19 +1031,19 @@ fn probe<'a>(
         if terms.is_empty() {
             return Ok(false);
         }
-        let mut source = (*deferred.source).clone();
+        let mut source = (**source).clone();
         source.clauses.push(Clause::Terms(terms));
         if source.confirm.is_empty() && source.deferred.is_empty() {
             // An exact plan: a current candidate (its pointer checked) is a match; nothing
             // needs opening.
-            let (rows, _) = candidates(call, &source, deferred.snapshot, None, 4).await?;
+            let (rows, _) = candidates(call, &source, snapshot, None, 4).await?;
             for candidate in rows.into_iter().filter(|c| c.current) {
                 if still_current(call, &candidate.row).await? {
                     return Ok(true);
                 }
             }
         }
-        let (hits, _) = type_page(call, search, &source, deferred.snapshot, None, 0, ctx).await?;
+        let (hits, _) = type_page(call, search, &source, snapshot, None, 0, ctx).await?;
         Ok(!hits.is_empty())
     })
 }
@@ -1118,16 +1164,8 @@ async fn confirm(
         return Ok(None);
     }
     for deferred in &prepared.deferred {
-        if !probe(
-            call,
-            search,
-            deferred,
-            &row.key.resource_type,
-            &row.key.id,
-            ctx,
-        )
-        .await?
-        {
+        let candidate = (&row.key.resource_type, &row.key.id, &parsed);
+        if !probe(call, search, deferred, candidate, ctx).await? {
             return Ok(None);
         }
     }
@@ -1436,15 +1474,43 @@ fn resolve<'a>(
                 inner,
             } => {
                 let mut terms = Vec::new();
+                let mut targets = Vec::new();
+                let mut overflow = false;
                 for target in target_types {
                     let Ok(target) = ResourceType::parse(target) else {
                         continue;
                     };
                     let inner = inner.for_type(target.as_str());
                     let Some(inner) = inner else { continue };
-                    let ids =
-                        linked_ids(call, indexer, search, &target, &inner, snapshot, depth).await?;
-                    for id in ids {
+                    let Some(target_search) =
+                        linked_search(call, indexer, &target, &inner, snapshot, depth).await?
+                    else {
+                        continue;
+                    };
+                    // More targets than can be listed: each candidate's reference is tested
+                    // instead (see `probe`).
+                    let (found, _) =
+                        candidates(call, &target_search, snapshot, None, MAX_LINKED + 1).await?;
+                    let (hits, stopped) = if overflow || found.len() > MAX_LINKED {
+                        (Vec::new(), Some(0))
+                    } else {
+                        type_page(
+                            call,
+                            search,
+                            &target_search,
+                            snapshot,
+                            None,
+                            MAX_LINKED,
+                            &indexer.context(),
+                        )
+                        .await?
+                    };
+                    targets.push(target_search);
+                    if hits.len() > MAX_LINKED || stopped.is_some() {
+                        overflow = true;
+                        continue;
+                    }
+                    for id in hits.into_iter().map(|h| h.row.key.id) {
                         for key in search.reference_keys(
                             resource_type.as_str(),
                             param,
@@ -1454,6 +1520,14 @@ fn resolve<'a>(
                             terms.push(indexer.term(resource_type, &key));
                         }
                     }
+                }
+                if overflow {
+                    deferred.push(Deferred::Chain {
+                        param: param.to_string(),
+                        targets,
+                        snapshot,
+                    });
+                    return Ok(Some(Vec::new()));
                 }
                 if terms.is_empty() {
                     return Ok(None);
@@ -1495,7 +1569,7 @@ fn resolve<'a>(
                 };
                 if hits.len() > MAX_LINKED || stopped.is_some() {
                     // Too many to list: each candidate is probed for one instead.
-                    deferred.push(Deferred {
+                    deferred.push(Deferred::Has {
                         source: Box::new(source_search),
                         param: param.to_string(),
                         snapshot,
@@ -1593,66 +1667,6 @@ async fn linked_search(
         false,
         deferred,
     )))
-}
-
-/// The matches of a criterion on a linked type, bounded.
-async fn linked_hits(
-    call: &Call<'_>,
-    indexer: &Indexer<'_>,
-    search: &SearchIndex,
-    resource_type: &ResourceType,
-    criterion: &Criterion,
-    snapshot: u64,
-    depth: usize,
-) -> Result<Vec<Hit>, ServiceError> {
-    let Some(prepared) =
-        linked_search(call, indexer, resource_type, criterion, snapshot, depth).await?
-    else {
-        return Ok(Vec::new());
-    };
-    let (hits, stopped) = type_page(
-        call,
-        search,
-        &prepared,
-        snapshot,
-        None,
-        MAX_LINKED,
-        &indexer.context(),
-    )
-    .await?;
-    if hits.len() > MAX_LINKED || stopped.is_some() {
-        return Err(ServiceError::invalid(
-            "too-many-matches",
-            format!(
-                "A chain or _has matches more than {MAX_LINKED} {resource_type} resources; narrow it."
-            ),
-        ));
-    }
-    Ok(hits)
-}
-
-async fn linked_ids(
-    call: &Call<'_>,
-    indexer: &Indexer<'_>,
-    search: &SearchIndex,
-    resource_type: &ResourceType,
-    criterion: &Criterion,
-    snapshot: u64,
-    depth: usize,
-) -> Result<Vec<ResourceId>, ServiceError> {
-    Ok(linked_hits(
-        call,
-        indexer,
-        search,
-        resource_type,
-        criterion,
-        snapshot,
-        depth,
-    )
-    .await?
-    .into_iter()
-    .map(|h| h.row.key.id)
-    .collect())
 }
 
 /// `_include` and `_revinclude` (with `:iterate`), bounded by the configured cap; a cap that

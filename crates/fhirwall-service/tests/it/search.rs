@@ -798,3 +798,63 @@ async fn has_with_many_linked_resources_probes_each_candidate() {
     .await;
     assert_eq!(count["total"], 4);
 }
+
+/// A chain whose inner criterion matches more targets than can be listed (over 1,000) tests
+/// each candidate's reference instead: same answer, no refusal.
+#[tokio::test]
+async fn chains_through_many_targets_test_each_candidate() {
+    let app = App::new().await;
+    let a = admin();
+    let mut shared = Vec::new();
+    for _ in 0..1_010 {
+        shared.push(
+            create_any(
+                &app,
+                json!({"resourceType": "Patient", "name": [{"family": "Commonname"}]}),
+            )
+            .await,
+        );
+    }
+    let rare = create_any(
+        &app,
+        json!({"resourceType": "Patient", "name": [{"family": "Rarename"}]}),
+    )
+    .await;
+    let observation = |subject: &str| {
+        json!({
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "subject": {"reference": format!("Patient/{subject}")},
+        })
+    };
+    let common_obs = create_any(&app, observation(&shared[7])).await;
+    let rare_obs = create_any(&app, observation(&rare)).await;
+    let found = find(
+        &app,
+        &a,
+        "Observation",
+        &[("subject:Patient.family", "commonname")],
+    )
+    .await;
+    assert_eq!(ids(&found, "match"), [format!("Observation/{common_obs}")]);
+    let none = find(
+        &app,
+        &a,
+        "Observation",
+        &[("subject:Patient.family", "commonname"), ("code", "0000-0")],
+    )
+    .await;
+    assert!(ids(&none, "match").is_empty());
+    let rare_found = find(
+        &app,
+        &a,
+        "Observation",
+        &[("subject:Patient.family", "rarename")],
+    )
+    .await;
+    assert_eq!(
+        ids(&rare_found, "match"),
+        [format!("Observation/{rare_obs}")]
+    );
+}
