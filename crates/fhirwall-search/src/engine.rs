@@ -6,7 +6,8 @@
 //!   (system only), `ic:code` (a `code` element, whose system its binding implies),
 //!   `tw:abc` (the first three letters of each word of a display or text, for `:text`),
 //!   `ot:typeSystem|typeCode|value` (an identifier's type, for `:of-type`);
-//! - string: `p1:` .. `p4:` the first one to four letters of the normalised value, in the
+//! - string: `p3:`, `p4:` the first three and four letters of the normalised value (shorter
+//!   prefixes have no keys: such queries test every resource of the type), in the
 //!   domain `param.part` (HumanName and Address parts are indexed separately, and a parameter
 //!   that is a part of another, `family` of `name`, shares its keys); `ph:` Soundex codes for
 //!   `phonetic`;
@@ -35,6 +36,9 @@ const MAX_ALTERNATIVES: usize = 64;
 const MAX_DEPTH: usize = 8;
 /// Prefix keys are kept for strings up to this many letters; longer queries are confirmed.
 const PREFIX_KEYS: usize = 4;
+/// Prefixes shorter than this have no keys (they would be most of a write's postings and
+/// select most of a type): a query of one or two letters tests every resource of the type.
+const MIN_PREFIX_KEY: usize = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Special {
@@ -589,6 +593,9 @@ impl SearchIndex {
                             {
                                 if k >= PREFIX_KEYS {
                                     break;
+                                }
+                                if k + 1 < MIN_PREFIX_KEY {
+                                    continue;
                                 }
                                 if let Some(prefix) = n.get(..end) {
                                     out.push(Key {
@@ -1822,7 +1829,7 @@ impl Criterion {
                 (ParamKind::String, Modifier::Contains, _) => return Plan::Everything,
                 (ParamKind::String, _, QValue::Str(s)) => {
                     let n = values::normalize(s);
-                    if n.is_empty() {
+                    if n.chars().count() < MIN_PREFIX_KEY {
                         return Plan::Everything;
                     }
                     let count = n.chars().count().min(PREFIX_KEYS);
@@ -2024,7 +2031,7 @@ impl Criterion {
         values.iter().all(|v| match (param.kind, modifier, v) {
             (ParamKind::String, Modifier::None, QValue::Str(s)) => {
                 let n = values::normalize(s);
-                !n.is_empty() && n.chars().count() <= PREFIX_KEYS
+                (MIN_PREFIX_KEY..=PREFIX_KEYS).contains(&n.chars().count())
             }
             (ParamKind::Token, Modifier::None, QValue::Token { code: Some(_), .. }) => true,
             (

@@ -97,6 +97,11 @@ fn strings_match_prefixes_after_normalising() {
         ("address", "123 sesame", true),
         ("address", "sesame", false),
         ("address-postalcode", "490", true),
+        // One or two letters have no keys: the whole type is tested, with the same answer.
+        ("family", "q", true),
+        ("family", "qu", true),
+        ("family", "zz", false),
+        ("given", "jo", true),
         ("family:missing", "false", true),
         ("family:missing", "true", false),
     ] {

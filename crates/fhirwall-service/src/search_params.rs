@@ -23,7 +23,7 @@ use crate::{Service, ServiceError};
 
 /// Bumped when the index keys of the search crate change meaning: a database indexed by an
 /// older generation is reindexed at start-up.
-const GENERATION: &str = "search-2";
+const GENERATION: &str = "search-3";
 /// The setting that records what the stored index was built for.
 const SETTING: &str = "search-index";
 /// Resources per reindex batch (one commit each).
