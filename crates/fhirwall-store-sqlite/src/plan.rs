@@ -66,15 +66,23 @@ pub(crate) fn choose(
         let Clause::Terms(terms) = clause else {
             continue;
         };
+        let per_candidate = SEEKS_PER_CANDIDATE + all_probes - probes_of(clause);
+        // Rows are wanted in order: counting past the budget tells nothing more (the clause
+        // is too costly to drive), so the count stops there. A count needs the narrowest.
+        let cap = match select {
+            Select::Count => COUNT_CAP,
+            _ => DRIVEN_BUDGET / per_candidate.max(1) + 1,
+        };
         let mut sql =
             String::from("SELECT count(*) FROM (SELECT 1 FROM search_index s WHERE s.term IN (");
         let mut args = Vec::new();
         push_terms(&mut sql, &mut args, terms);
-        let _ = write!(sql, ") LIMIT {COUNT_CAP})");
+        args.push(Value::Integer(cap));
+        let _ = write!(sql, ") LIMIT +?{})", args.len());
         let count: i64 = conn
             .prepare_cached(&sql)?
             .query_row(rusqlite::params_from_iter(args), |row| row.get(0))?;
-        let cost = count.saturating_mul(SEEKS_PER_CANDIDATE + all_probes - probes_of(clause));
+        let cost = count.saturating_mul(per_candidate);
         if best.is_none_or(|(c, _)| cost < c) {
             best = Some((cost, n));
         }
