@@ -253,6 +253,19 @@ struct Session {
 }
 
 impl Session {
+    /// One GET with the session's token, on a connection of its own.
+    async fn get(&self, path: &str) -> Result<fhirwall_bench::client::Reply> {
+        let mut conn = self.target.connect().await?;
+        let req = fhirwall_bench::client::request(
+            http::Method::GET,
+            http::Uri::try_from(path)?,
+            Some(self.token.get()),
+            None,
+            bytes::Bytes::new(),
+        )?;
+        conn.send(req).await
+    }
+
     async fn start(args: &ServerArgs, work: &WorkDir) -> Result<Session> {
         let bin = server_bin(args.server_bin.as_deref())?;
         let data_dir = args
@@ -407,16 +420,8 @@ async fn create_observations(
 
 /// The first `count` Patients of the store (their ids and MRNs), read by one search.
 async fn read_pool(session: &Session, count: u64) -> Result<(Vec<String>, Vec<String>)> {
-    let mut conn = session.target.connect().await?;
     let path = format!("/fhir/Patient?_count={count}&_elements=identifier");
-    let req = fhirwall_bench::client::request(
-        http::Method::GET,
-        http::Uri::try_from(path.as_str())?,
-        Some(session.token.get()),
-        None,
-        bytes::Bytes::new(),
-    )?;
-    let reply = conn.send(req).await?;
+    let reply = session.get(&path).await?;
     if !reply.status.is_success() {
         bail!(
             "reading the pool: {} {}",
@@ -472,15 +477,7 @@ async fn probe_search(
     )?
     .with_mrns(mrns.clone());
     let path = work.search_path(search, 1);
-    let mut conn = session.target.connect().await?;
-    let req = fhirwall_bench::client::request(
-        http::Method::GET,
-        http::Uri::try_from(path.as_str())?,
-        Some(session.token.get()),
-        None,
-        bytes::Bytes::new(),
-    )?;
-    let reply = conn.send(req).await?;
+    let reply = session.get(&path).await?;
     let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
     let entries = body.get("entry").and_then(|e| e.as_array());
     let matches = entries.map_or(0, |e| {

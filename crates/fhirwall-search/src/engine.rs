@@ -36,6 +36,20 @@ const MAX_ALTERNATIVES: usize = 64;
 const MAX_DEPTH: usize = 8;
 /// Prefix keys are kept for strings up to this many letters; longer queries are confirmed.
 const PREFIX_KEYS: usize = 4;
+/// The parts of a HumanName and an Address, indexed each in its own domain (`name.family`).
+const STRING_PARTS: &[&str] = &[
+    "family",
+    "given",
+    "prefix",
+    "suffix",
+    "text",
+    "line",
+    "city",
+    "district",
+    "state",
+    "postalCode",
+    "country",
+];
 /// Prefixes shorter than this have no keys (they would be most of a write's postings and
 /// select most of a type): a query of one or two letters tests every resource of the type.
 const MIN_PREFIX_KEY: usize = 3;
@@ -354,19 +368,6 @@ impl SearchIndex {
 
     /// Finds string parameters that are a part of another (`T.a.b` beside `T.a`).
     fn mark_covered(&mut self) {
-        const PARTS: &[&str] = &[
-            "family",
-            "given",
-            "prefix",
-            "suffix",
-            "text",
-            "line",
-            "city",
-            "district",
-            "state",
-            "postalCode",
-            "country",
-        ];
         for map in self.types.values_mut() {
             let strings: Vec<(String, String)> = map
                 .values()
@@ -384,7 +385,7 @@ impl SearchIndex {
                     else {
                         continue;
                     };
-                    let Some(part) = PARTS.iter().find(|p| **p == leaf) else {
+                    let Some(part) = STRING_PARTS.iter().find(|p| **p == leaf) else {
                         continue;
                     };
                     if let Some(param) = map.get(name) {
@@ -1838,23 +1839,7 @@ impl Criterion {
                     let domains: Vec<String> = match &param.covered {
                         Some((owner, part)) => vec![format!("{owner}.{part}")],
                         None => std::iter::once(param.name.clone())
-                            .chain(
-                                [
-                                    "family",
-                                    "given",
-                                    "prefix",
-                                    "suffix",
-                                    "text",
-                                    "line",
-                                    "city",
-                                    "district",
-                                    "state",
-                                    "postalCode",
-                                    "country",
-                                ]
-                                .iter()
-                                .map(|p| format!("{}.{p}", param.name)),
-                            )
+                            .chain(STRING_PARTS.iter().map(|p| format!("{}.{p}", param.name)))
                             .collect(),
                     };
                     Plan::AnyOf(
